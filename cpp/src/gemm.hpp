@@ -1,0 +1,126 @@
+// GEMM entry points of the drivers (internal). Row-major, leading dimensions in elements.
+// Eigen does the arithmetic; rnncore does the threading (Eigen's own OpenMP is disabled with
+// EIGEN_DONT_PARALLELIZE) so that the thread count and the split, hence the result bits, are
+// under our control.
+#pragma once
+
+#include <algorithm>
+
+#include <Eigen/Core>
+#include <omp.h>
+
+#include "rnncore/common.hpp"
+
+namespace rnncore {
+namespace detail {
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ConstView = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using View = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <class T>
+ConstView<T> view(const T* p, Index rows, Index cols, Index ld) {
+  return ConstView<T>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+template <class T>
+View<T> view(T* p, Index rows, Index cols, Index ld) {
+  return View<T>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+
+template <class Dst, class Expr>
+void assign_or_add(Dst&& c, const Expr& e, bool accumulate) {
+  if (accumulate) c.noalias() += e;
+  else c.noalias() = e;
+}
+
+// C (m x n) (+)= A (m x k) * B^T, B stored (n x k).
+template <class T>
+void gemm_nt(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
+             Index ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  auto C = view(c, m, n, ldc);
+  if (k <= 0) {
+    if (!accumulate) C.setZero();
+    return;
+  }
+  assign_or_add(C, view(a, m, k, lda) * view(b, n, k, ldb).transpose(), accumulate);
+}
+
+// C (m x n) (+)= A (m x k) * B (k x n).
+template <class T>
+void gemm_nn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
+             Index ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  auto C = view(c, m, n, ldc);
+  if (k <= 0) {
+    if (!accumulate) C.setZero();
+    return;
+  }
+  assign_or_add(C, view(a, m, k, lda) * view(b, k, n, ldb), accumulate);
+}
+
+// C (m x n) (+)= A^T * B, A stored (k x m), B (k x n).
+template <class T>
+void gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
+             Index ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  auto C = view(c, m, n, ldc);
+  if (k <= 0) {
+    if (!accumulate) C.setZero();
+    return;
+  }
+  assign_or_add(C, view(a, k, m, lda).transpose() * view(b, k, n, ldb), accumulate);
+}
+
+// Splits [0, n) into `parts` contiguous ranges whose inner bounds are multiples of `align`.
+inline Index split_point(Index n, int part, int parts, Index align) {
+  if (part >= parts) return n;
+  const Index p = (n * part / parts) / align * align;
+  return std::min(p, n);
+}
+
+// Threads worth using for a GEMM of 2*m*n*k flops (each thread gets at least ~2 MFLOP).
+inline int gemm_threads(Index m, Index n, Index k, int max_threads) {
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  const int t = int(std::min<double>(max_threads, flops / 2e6));
+  return std::max(1, t);
+}
+
+// Large, one-off GEMMs (the hoisted ones): split C by rows or columns, whichever is longer.
+// Each part is computed by exactly one thread in a fixed order, so results do not depend on
+// scheduling.
+enum class Op { NT, NN, TN };
+template <class T>
+void parallel_gemm(Op op, Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
+                   T* c, Index ldc, bool accumulate, int max_threads) {
+  const int threads = gemm_threads(m, n, k, max_threads);
+  const bool split_rows = m >= n;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+  for (int p = 0; p < threads; ++p) {
+    const Index len = split_rows ? m : n;
+    const Index lo = split_point(len, p, threads, 16), hi = split_point(len, p + 1, threads, 16);
+    if (hi <= lo) continue;
+    const Index mm = split_rows ? hi - lo : m, nn = split_rows ? n : hi - lo;
+    T* cc = split_rows ? c + lo * ldc : c + lo;
+    switch (op) {
+      case Op::NT:
+        gemm_nt(mm, nn, k, split_rows ? a + lo * lda : a, lda, split_rows ? b : b + lo * ldb, ldb,
+                cc, ldc, accumulate);
+        break;
+      case Op::NN:
+        gemm_nn(mm, nn, k, split_rows ? a + lo * lda : a, lda, split_rows ? b : b + lo, ldb, cc,
+                ldc, accumulate);
+        break;
+      case Op::TN:
+        gemm_tn(mm, nn, k, split_rows ? a + lo : a, lda, split_rows ? b : b + lo, ldb, cc, ldc,
+                accumulate);
+        break;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace rnncore

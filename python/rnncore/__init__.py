@@ -1,0 +1,16 @@
+"""rnncore: recurrent neural networks (RNN, LSTM, peephole LSTM, GRU) with BPTT.
+
+A C++ core (Eigen, SIMD, OpenMP) computes the forward pass and backpropagation through time;
+this package wraps it in numpy modules with a PyTorch-like API. See README.md and docs/.
+"""
+from ._core import get_num_threads, set_num_threads
+from .modules import GRU, LSTM, RNN, PeepholeLSTM
+from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, RNNCell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN", "LSTM", "PeepholeLSTM", "GRU",
+    "RNNCell", "LSTMCell", "PeepholeLSTMCell", "GRUCell",
+    "set_num_threads", "get_num_threads",
+]

@@ -1,0 +1,153 @@
+"""Single-step cells: one time step per call, for loops written by hand (decoders, generation).
+
+A cell in training mode remembers every forward step it has not yet back-propagated, so a manual
+loop can run forward over t = 0..T-1 and then call backward T times (last step first), passing
+the gradient flowing into each step's new state. Parameter names are PyTorch's cell names
+(weight_ih, weight_hh, bias_ih, bias_hh), plus weight_peephole (3, H) for the peephole LSTM.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._base import GATES, Module, as_array, check_shape, kernels, positive_int, workspace
+
+
+class _CellBase(Module):
+    _has_cell_state = False
+
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
+        super().__init__(dtype)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.cell = cell
+        G, H = GATES[cell], self.hidden_size
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(H)
+        identity = cell == "rnn_relu"  # IRNN initialisation, as rnncore.RNN(nonlinearity="relu")
+        self._add_param("weight_ih", rng.uniform(-k, k, (G * H, self.input_size)))
+        self._add_param("weight_hh", np.eye(H) if identity else rng.uniform(-k, k, (G * H, H)))
+        if self.bias:
+            self._add_param("bias_ih", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
+            self._add_param("bias_hh", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
+        else:
+            self._zero_bias = np.zeros(G * H, self.dtype)
+            self._bias_sink = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
+        if cell == "peephole_lstm":
+            self._add_param("weight_peephole", rng.uniform(-k, k, (3, H)))
+        self._steps = []  # workspaces of forward steps not yet back-propagated (LIFO)
+
+    def _weights(self):
+        p, g = self.params, self.grads
+        if self.bias:
+            b, db = (p["bias_ih"], p["bias_hh"]), (g["bias_ih"], g["bias_hh"])
+        else:
+            b, db = (self._zero_bias, self._zero_bias), self._bias_sink
+        return ((p["weight_ih"], p["weight_hh"], *b, p.get("weight_peephole")),
+                (g["weight_ih"], g["weight_hh"], *db, g.get("weight_peephole")))
+
+    def _state(self, name, value, batch, unbatched):
+        if value is None:
+            return None
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
+        a = as_array(name, value, self.dtype)
+        check_shape(name, a, (self.hidden_size,) if unbatched else (batch, self.hidden_size))
+        return a.reshape(batch, self.hidden_size)
+
+    def _split(self, name, state, batch, unbatched):
+        if not self._has_cell_state:
+            return self._state(name[0], state, batch, unbatched), None
+        if state is None:
+            return None, None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
+                            f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
+                            f"{type(state).__name__}")
+        return (self._state(name[0], state[0], batch, unbatched),
+                self._state(name[1], state[1], batch, unbatched))
+
+    def _pack(self, h, c, unbatched):
+        if unbatched:
+            h = h[0]
+            c = None if c is None else c[0]
+        return (h, c) if self._has_cell_state else h
+
+    def forward(self, x, state=None):
+        """One step. x: (B, input_size) or (input_size,); state: h (B, H), or (h, c) for LSTM
+        cells, zeros if None. Returns the new state in the same form."""
+        x = as_array("x", x, self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have shape (B, {self.input_size}) or ({self.input_size},), "
+                             f"got {x.shape}")
+        unbatched = x.ndim == 1
+        x2 = x.reshape(1, -1) if unbatched else x
+        B = x2.shape[0]
+        h, c = self._split(("h", "c"), state, B, unbatched)
+        ws = workspace(self.dtype) if self.training else None
+        weights, _ = self._weights()
+        fwd, _ = kernels(self.dtype)
+        _, h_new, c_new = fwd(self.cell, x2[None], h, c, *weights, None, False, ws)
+        if ws is not None:
+            self._steps.append((ws, B, unbatched))
+        return self._pack(h_new, c_new, unbatched)
+
+    def backward(self, dstate):
+        """Back-propagates the most recent forward step not yet back-propagated.
+
+        dstate: gradient w.r.t. that step's new state (dh, or (dh, dc)). Adds parameter
+        gradients into `grads`; returns (dx, dstate_prev) with dstate_prev shaped like the state."""
+        if not self._steps:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() needs a preceding training-mode forward step "
+                "that has not been back-propagated yet")
+        ws, B, unbatched = self._steps[-1]
+        dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
+        self._steps.pop()
+        weights, grads = self._weights()
+        _, bwd = kernels(self.dtype)
+        dx, dh0, dc0 = bwd(self.cell, ws, *weights, None, dh, dc, *grads)
+        dx = dx[0]
+        return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
+
+    def _drop_tape(self):
+        self._steps.clear()
+
+
+class RNNCell(_CellBase):
+    """One step of h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
+                 seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, dtype, seed)
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step; state (h, c). peephole=True adds diagonal peepholes."""
+    _has_cell_state = True
+
+    def __init__(self, input_size, hidden_size, bias=True, peephole=False, dtype=np.float32,
+                 seed=None):
+        self.peephole = bool(peephole)
+        super().__init__("peephole_lstm" if peephole else "lstm", input_size, hidden_size, bias,
+                         dtype, seed)
+
+
+class PeepholeLSTMCell(LSTMCell):
+    """LSTMCell(..., peephole=True)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, bias, peephole=True, dtype=dtype, seed=seed)
+
+
+class GRUCell(_CellBase):
+    """One GRU step; reset_after selects the candidate form (see rnncore.GRU)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
+                 seed=None):
+        self.reset_after = bool(reset_after)
+        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
+                         bias, dtype, seed)

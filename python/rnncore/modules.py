@@ -1,0 +1,337 @@
+"""Multi-layer, optionally bidirectional recurrent modules over whole sequences.
+
+Each (layer, direction) is one call into the C++ core per sequence batch (never one per step).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._base import (GATES, Module, as_array, check_lengths, check_shape, kernels,
+                    positive_int, workspace)
+
+
+class _RNNBase(Module):
+    _has_cell_state = False
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, dtype, seed):
+        super().__init__(dtype)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.cell = cell
+        self.gates = GATES[cell]
+        self._rng = np.random.default_rng(seed)
+        self._tape = None
+        self._init_params()
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _suffix(self, direction):
+        return "_reverse" if direction == 1 else ""
+
+    def _init_params(self):
+        H, G = self.hidden_size, self.gates
+        k = 1.0 / np.sqrt(H)
+        self._zero_bias = np.zeros(G * H, dtype=self.dtype)
+        self._bias_sink = {}
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                s = f"_l{layer}{self._suffix(d)}"
+                u = lambda *shape: self._rng.uniform(-k, k, shape)
+                self._add_param("weight_ih" + s, u(G * H, in_size))
+                self._add_param("weight_hh" + s, self._init_weight_hh(u))
+                if self.bias:
+                    self._add_param("bias_ih" + s, self._init_bias(u))
+                    self._add_param("bias_hh" + s, self._init_bias(u))
+                else:  # the core always takes biases: zeros in, gradients into a sink
+                    self._bias_sink[s] = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
+                if self.cell == "peephole_lstm":
+                    self._add_param("weight_peephole" + s, u(3, H))
+
+    def _init_weight_hh(self, uniform):
+        return uniform(self.gates * self.hidden_size, self.hidden_size)
+
+    def _init_bias(self, uniform):
+        return uniform(self.gates * self.hidden_size)
+
+    def _weights(self, layer, d):
+        """(w_ih, w_hh, b_ih, b_hh, w_peephole) and their gradient arrays for the core."""
+        s = f"_l{layer}{self._suffix(d)}"
+        p, g = self.params, self.grads
+        if self.bias:
+            b = (p["bias_ih" + s], p["bias_hh" + s])
+            db = (g["bias_ih" + s], g["bias_hh" + s])
+        else:
+            b = (self._zero_bias, self._zero_bias)
+            db = self._bias_sink[s]
+        peep = p.get("weight_peephole" + s)
+        dpeep = g.get("weight_peephole" + s)
+        return ((p["weight_ih" + s], p["weight_hh" + s], *b, peep),
+                (g["weight_ih" + s], g["weight_hh" + s], *db, dpeep))
+
+    # ---- input checks -------------------------------------------------------------------
+    def _layout(self):
+        return "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+
+    def _check_input(self, x):
+        x = as_array("x", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x must be 3-D {self._layout()} or 2-D unbatched (T, input_size), "
+                             f"got {x.ndim}-D with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have input_size={self.input_size} features in its last "
+                             f"dimension, got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        return x, unbatched
+
+    def _state_shape(self, batch, unbatched):
+        LD = self.num_layers * self.num_directions
+        return (LD, self.hidden_size) if unbatched else (LD, batch, self.hidden_size)
+
+    def _check_state(self, name, value, batch, unbatched):
+        if value is None:
+            return None
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be an array of shape {self._state_shape(batch, unbatched)}, "
+                            f"got a {type(value).__name__}")
+        a = as_array(name, value, self.dtype)
+        check_shape(name, a, self._state_shape(batch, unbatched),
+                    " (num_layers * num_directions, B, hidden_size)" if not unbatched else
+                    " (num_layers * num_directions, hidden_size)")
+        return a.reshape(self._state_shape(batch, False)) if unbatched else a
+
+    def _split_hx(self, hx, batch, unbatched):
+        """hx -> (h0, c0) arrays of shape (L*D, B, H) or None."""
+        return self._check_state("h0", hx, batch, unbatched), None
+
+    def _pack_state(self, h, c, unbatched):
+        if unbatched:
+            h = h[:, 0, :]
+            c = None if c is None else c[:, 0, :]
+        return h if not self._has_cell_state else (h, c)
+
+    # ---- forward / backward -------------------------------------------------------------
+    def forward(self, x, hx=None, lengths=None):
+        """Runs the whole sequence. Returns (y, h_n), or (y, (h_n, c_n)) for LSTMs.
+
+        x: (T, B, input_size) ((B, T, input_size) with batch_first), or unbatched (T, input_size).
+        hx: initial state(s) of shape (num_layers * num_directions, B, hidden_size); zeros if None.
+        lengths: int array (B,) of valid lengths (batched input only); outputs past a sequence's
+        length are zero and its final state is the one after its last valid step."""
+        x, unbatched = self._check_input(x)
+        T, B = x.shape[0], x.shape[1]
+        h0, c0 = self._split_hx(hx, B, unbatched)
+        if lengths is not None and unbatched:
+            raise ValueError("lengths is only accepted with batched (3-D) input")
+        lengths = check_lengths(lengths, T, B)
+        fwd, _ = kernels(self.dtype)
+        L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        h_n = np.empty((L * D, B, H), self.dtype)
+        c_n = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
+        tape = {"workspaces": [], "masks": [], "shape": None} if self.training else None
+        inp = x
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                i = layer * D + d
+                ws = workspace(self.dtype) if self.training else None
+                weights, _ = self._weights(layer, d)
+                y, hn, cn = fwd(self.cell, inp, None if h0 is None else h0[i],
+                                None if c0 is None else c0[i], *weights, lengths, d == 1, ws)
+                outs.append(y)
+                h_n[i] = hn
+                if c_n is not None:
+                    c_n[i] = cn
+                if tape is not None:
+                    tape["workspaces"].append(ws)
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            if self.training and self.dropout > 0 and layer < L - 1:
+                mask = (self._rng.random(out.shape) >= self.dropout).astype(self.dtype)
+                mask /= self.dtype.type(1.0 - self.dropout)
+                out = out * mask
+                tape["masks"].append(mask)
+            inp = out
+        y = inp
+        if self.training:
+            tape["shape"] = (T, B, unbatched)
+            self._tape = tape
+        if unbatched:
+            y = y[:, 0, :]
+        elif self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, self._pack_state(h_n, c_n, unbatched)
+
+    def _check_grad_state(self, dstate, batch, unbatched):
+        return self._check_state("dh_n", dstate, batch, unbatched), None
+
+    def backward(self, dy, dstate=None):
+        """BPTT through the last training-mode forward (consumed). Adds parameter gradients into
+        `grads`; returns (dx, dh0), or (dx, (dh0, dc0)) for LSTMs, shaped like x and hx.
+
+        dy: gradient of the loss w.r.t. y (same shape as y); dstate: gradients w.r.t. the final
+        state(s) (None = zero)."""
+        if self._tape is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
+                "there is none (never run, run in eval mode, or already consumed by backward)")
+        tape = self._tape
+        T, B, unbatched = tape["shape"]
+        L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        y_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+        dy = as_array("dy", dy, self.dtype)
+        check_shape("dy", dy, y_shape, " (the shape of y)")
+        dh_n, dc_n = self._check_grad_state(dstate, B, unbatched)
+        self._tape = None
+        if unbatched:
+            dy = dy[:, None, :]
+        elif self.batch_first:
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        _, bwd = kernels(self.dtype)
+        dh0 = np.empty((L * D, B, H), self.dtype)
+        dc0 = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
+        dout = dy
+        for layer in reversed(range(L)):
+            if layer < L - 1 and tape["masks"]:
+                dout = dout * tape["masks"][layer]
+            dx = None
+            for d in range(D):
+                i = layer * D + d
+                weights, grads = self._weights(layer, d)
+                dy_d = dout if D == 1 else np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dx_d, dh0_d, dc0_d = bwd(self.cell, tape["workspaces"][i], *weights, dy_d,
+                                         None if dh_n is None else dh_n[i],
+                                         None if dc_n is None else dc_n[i], *grads)
+                dx = dx_d if dx is None else dx + dx_d
+                dh0[i] = dh0_d
+                if dc0 is not None:
+                    dc0[i] = dc0_d
+            dout = dx
+        dx = dout
+        if unbatched:
+            dx = dx[:, 0, :]
+        elif self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, self._pack_state(dh0, dc0, unbatched)
+
+    def _drop_tape(self):
+        self._tape = None
+
+    def __repr__(self):
+        opts = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.num_layers != 1:
+            opts.append(f"num_layers={self.num_layers}")
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):
+            if getattr(self, name) != default:
+                opts.append(f"{name}={getattr(self, name)}")
+        opts.extend(self._extra_repr())
+        opts.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(opts)})"
+
+    def _extra_repr(self):
+        return []
+
+
+class _LSTMStateMixin:
+    _has_cell_state = True
+
+    def _split_hx(self, hx, batch, unbatched):
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be a tuple (h0, c0) for {type(self).__name__}, got "
+                            f"{type(hx).__name__}")
+        return (self._check_state("h0", hx[0], batch, unbatched),
+                self._check_state("c0", hx[1], batch, unbatched))
+
+    def _check_grad_state(self, dstate, batch, unbatched):
+        if dstate is None:
+            return None, None
+        if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
+            raise TypeError(f"dstate must be a tuple (dh_n, dc_n) for {type(self).__name__}, "
+                            f"got {type(dstate).__name__}")
+        return (self._check_state("dh_n", dstate[0], batch, unbatched),
+                self._check_state("dc_n", dstate[1], batch, unbatched))
+
+
+class RNN(_RNNBase):
+    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh or relu.
+
+    With nonlinearity="relu", W_hh starts as the identity and the biases at zero (Le, Jaitly &
+    Hinton 2015, "IRNN"), which lets a ReLU RNN carry information over long spans from the start.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, nonlinearity="tanh", dtype=np.float32,
+                 seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, dtype, seed)
+
+    def _init_weight_hh(self, uniform):
+        if self.nonlinearity == "relu":
+            return np.eye(self.hidden_size)
+        return super()._init_weight_hh(uniform)
+
+    def _init_bias(self, uniform):
+        if self.nonlinearity == "relu":
+            return np.zeros(self.hidden_size)
+        return super()._init_bias(uniform)
+
+    def _extra_repr(self):
+        return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
+
+
+class LSTM(_LSTMStateMixin, _RNNBase):
+    """LSTM with PyTorch's gate order [i, f, g, o]; peephole=True adds diagonal peepholes
+    (input and forget gates see c_{t-1}, the output gate sees c_t)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, peephole=False, dtype=np.float32, seed=None):
+        self.peephole = bool(peephole)
+        super().__init__("peephole_lstm" if peephole else "lstm", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
+
+    def _extra_repr(self):
+        return ["peephole=True"] if self.peephole and type(self) is LSTM else []
+
+
+class PeepholeLSTM(LSTM):
+    """LSTM with diagonal peepholes (LSTM(..., peephole=True))."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, peephole=True, dtype=dtype, seed=seed)
+
+
+class GRU(_RNNBase):
+    """GRU with PyTorch's gate order [r, z, n] and h_t = (1 - z) n + z h_{t-1}.
+
+    reset_after=True (default; PyTorch, cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    reset_after=False (Cho et al. 2014):        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None):
+        self.reset_after = bool(reset_after)
+        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
+
+    def _extra_repr(self):
+        return [] if self.reset_after else ["reset_after=False"]
