@@ -31,7 +31,11 @@ RNNCORE_HD T clamp_keep_nan(T x, T lo, T hi) {
 RNNCORE_HD float exp_impl(float x) {
   // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2; degree-6 Taylor for exp(r).
   x = clamp_keep_nan(x, -87.0f, 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22): plain
+  // arithmetic, so the loop vectorises; std::floor would be a libm call per element here
+  // because GCC only inlines it under -fno-trapping-math.
+  const float v = x * 1.44269504088896341f;
+  const float n = (v + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split hi/lo
   float p = 1.3888889e-3f;
   p = p * r + 8.3333333e-3f;
