@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include "gemm.hpp"
+#include "packed_gemm.hpp"
 #include "rnncore/runtime.hpp"
 #include "rnncore/sequence.hpp"
 
@@ -157,7 +158,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
   const Index chunk_steps = std::max<Index>(1, std::min<Index>(steps, 1024 / std::max<Index>(b_max, 1)));
   const Index chunk_rows = kTrain ? 0 : chunk_steps * b_max;
 
-  Buffer<T> whh_pack(P > 1 ? P * G * Hw * H : 0), gh(P * b_max * G * Hw);
+  Buffer<T> gh(P * b_max * G * Hw);
   Buffer<T> wih_pack(!kTrain && P > 1 ? P * G * Hw * I : 0), bih_pack(!kTrain && P > 1 ? P * G * Hw : 0);
   Buffer<T> gx(kTrain ? 0 : P * chunk_rows * G * Hw), xc(kTrain ? 0 : chunk_rows * I);
   Buffer<T> hbuf(kTrain ? 0 : 2 * B * H), cbuf(!kTrain && kCell ? B * H : 0);
@@ -168,16 +169,19 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
     const int p = omp_get_thread_num();
     const Index j0 = split.bounds[p], j1 = split.bounds[p + 1], Hs = j1 - j0;
 
-    // Rows of W_hh (and, for inference, W_ih and b_ih) producing units [j0, j1), gate by gate.
-    // With one thread the slice is everything and the weights are used in place.
-    const T* whh = w.w_hh;
+    // Rows of W_hh producing units [j0, j1), gate by gate, packed for the step kernel (one
+    // packing per phase); for inference also the rows of W_ih and b_ih (used in place when one
+    // thread owns every unit).
+    PackedWeights<T> whh[NP];
+    for_each_phase<NP>([&](auto phase) {
+      constexpr int g0 = Cell::kPhaseFirstGate[decltype(phase)::value];
+      constexpr int g1 = Cell::kPhaseFirstGate[decltype(phase)::value + 1];
+      whh[phase].pack((g1 - g0) * Hs, H,
+                      [&](Index c) { return w.w_hh + ((g0 + c / Hs) * H + j0 + c % Hs) * H; }, 1);
+    });
     const T* wih = w.w_ih;
     const T* bih = w.b_ih;
     if (P > 1) {
-      T* dst = whh_pack.data() + p * G * Hw * H;
-      for (int g = 0; g < G; ++g)
-        std::memcpy(dst + g * Hs * H, w.w_hh + (g * H + j0) * H, sizeof(T) * Hs * H);
-      whh = dst;
       if constexpr (!kTrain) {
         T* dwi = wih_pack.data() + p * G * Hw * I;
         T* dbi = bih_pack.data() + p * G * Hw;
@@ -252,8 +256,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
 #pragma omp barrier
         }
         const T* a = ph == 0 ? h_prev : operand;
-        gemm_nt(b, (g1 - g0) * Hs, H, a, ph == 0 ? H : operand_ld, whh + g0 * Hs * H, H, ghp,
-                (g1 - g0) * Hs, false);
+        packed_gemm(b, a, ph == 0 ? H : operand_ld, whh[ph], ghp, (g1 - g0) * Hs, false);
         ForwardRow<T> row;
         row.gx_gate_stride = gx_gate_stride, row.gx_first = gx_first;
         row.gh_gate_stride = Hs, row.gh_first = j0;
@@ -305,21 +308,21 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
   const int P = loop_threads<Cell>(b_max, H);
   const UnitSplit split(H, P);
   const Index Hw = split.widest;
-  Buffer<T> whh_pack(P > 1 ? P * G * H * Hw : 0), doperand(NP > 1 ? B * H : 0);
+  Buffer<T> doperand(NP > 1 ? B * H : 0);
 
   if (steps > 0) {
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = omp_get_thread_num();
       const Index j0 = split.bounds[p], j1 = split.bounds[p + 1], Hs = j1 - j0;
-      // Columns [j0, j1) of W_hh: this thread computes those columns of dL/dh_{t-1}.
-      const T* wb = w.w_hh;
-      Index ldwb = H;
-      if (P > 1) {
-        T* dst = whh_pack.data() + p * G * H * Hw;
-        for (Index k = 0; k < G * H; ++k) std::memcpy(dst + k * Hs, w.w_hh + k * H + j0, sizeof(T) * Hs);
-        wb = dst, ldwb = Hs;
-      }
+      // Columns [j0, j1) of each phase's rows of W_hh: this thread computes those columns of
+      // dL/dh_{t-1} (or of the phase operand's gradient).
+      PackedWeights<T> wb[NP];
+      for_each_phase<NP>([&](auto phase) {
+        constexpr int g0 = Cell::kPhaseFirstGate[decltype(phase)::value];
+        constexpr int g1 = Cell::kPhaseFirstGate[decltype(phase)::value + 1];
+        wb[phase].pack(Hs, (g1 - g0) * H, [&](Index c) { return w.w_hh + g0 * H * H + j0 + c; }, H);
+      });
       for (Index s = steps - 1; s >= 0; --s) {
         const Index b = sc.batch_sizes[s], off = sc.offsets[s];
         const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
@@ -349,8 +352,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
           }
           T* target = ph == 0 ? dh.data() : doperand.data();
           const bool accumulate = ph == 0 ? Cell::kDirectHiddenGrad : false;
-          gemm_nn(b, Hs, (g1 - g0) * H, stash + g0 * H, SH, wb + g0 * H * ldwb, ldwb, target + j0,
-                  H, accumulate);
+          packed_gemm(b, stash + g0 * H, SH, wb[ph], target + j0, H, accumulate);
         });
       }
     }

@@ -1,0 +1,197 @@
+// The recurrent product of every time step, with the weights packed once per call (internal).
+//
+//   C (m x n) (=|+=) A (m x k) * W^T,   W given row by row: W row c is output column c.
+//
+// Why not Eigen's GEMM here: it repacks both operands on every call, and the weights are the
+// same for all T steps; at small batch the repacking is most of the work. PackedWeights stores W
+// once in panels of one SIMD vector's width L: panel q holds, for each kk, the L values
+// W[qL .. qL+L-1][kk] (zero past n). The micro-kernel keeps an MR x NP block of C in vector
+// registers, reading one vector per panel and broadcasting one A value per row at each kk. NP is
+// chosen per MR so that accumulators, the NP loads and the broadcast fit in the register file:
+// with MR = 1 (batch 1) it still has 8 independent FMA chains, which a plain GEMV would not.
+// The vector type comes from GCC's vector extensions, so the same source compiles to AVX-512,
+// AVX2 or SSE2 code according to RNNCORE_SIMD.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "rnncore/common.hpp"
+#include "rnncore/sequence.hpp"
+
+namespace rnncore {
+namespace detail {
+
+#if defined(__AVX512F__)
+inline constexpr int kVectorBytes = 64;
+inline constexpr int kVectorRegisters = 32;
+#elif defined(__AVX__)
+inline constexpr int kVectorBytes = 32;
+inline constexpr int kVectorRegisters = 16;
+#else
+inline constexpr int kVectorBytes = 16;
+inline constexpr int kVectorRegisters = 16;
+#endif
+
+template <class T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(kVectorBytes)));
+};
+
+template <class T>
+inline constexpr int kLanes = kVectorBytes / int(sizeof(T));
+
+// {x, x, ..., x}: compiles to a broadcast load. (`V{} + x` would not: -0.0 + 0.0 is not -0.0,
+// so the compiler keeps a scalar add and a register broadcast, which competes with the FMAs
+// for the same execution port.)
+template <class V, class T, std::size_t... I>
+inline V splat_impl(const T* x, std::index_sequence<I...>) {
+  return V{((void)I, *x)...};
+}
+template <class T>
+inline typename Vec<T>::type splat(const T* x) {
+  return splat_impl<typename Vec<T>::type>(x, std::make_index_sequence<kLanes<T>>{});
+}
+
+// Panels per micro-kernel call for MR rows: MR*NP accumulators + NP loads + 1 broadcast.
+constexpr int panels_for_rows(int mr) {
+  const int np = (kVectorRegisters - 1) / (mr + 1);
+  return np < 1 ? 1 : (np > 8 ? 8 : np);
+}
+inline constexpr int kMaxRows = kVectorRegisters >= 32 ? 8 : 6;
+
+template <class T>
+class PackedWeights {
+ public:
+  Index n = 0, k = 0, panels = 0;
+  Buffer<T> data;
+
+  // row(c) points at W row c (output column c); its kk-th value is row(c)[kk * k_stride].
+  template <class RowFn>
+  void pack(Index n_, Index k_, RowFn row, Index k_stride) {
+    constexpr int L = kLanes<T>;
+    n = n_, k = k_, panels = (n + L - 1) / L;
+    data.resize(panels * k * L);
+    for (Index q = 0; q < panels; ++q) {
+      T* dst = data.data() + q * k * L;
+      for (int c = 0; c < L; ++c) {
+        const Index col = q * L + c;
+        if (col < n) {
+          const T* src = row(col);
+          for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = src[kk * k_stride];
+        } else {
+          for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = T(0);
+        }
+      }
+    }
+  }
+};
+
+template <class T, int MR, int NP>
+inline void micro_kernel(Index k, const T* a, Index lda, const T* wp, Index panel_stride,
+                         Index col0, Index n, T* c, Index ldc, bool accumulate) {
+  using V = typename Vec<T>::type;
+  constexpr int L = kLanes<T>;
+  V acc[MR][NP];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) acc[r][p] = V{};
+  for (Index kk = 0; kk < k; ++kk) {
+    V w[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) std::memcpy(&w[p], wp + p * panel_stride + kk * L, sizeof(V));
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const V ar = splat(a + r * lda + kk);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) acc[r][p] += ar * w[p];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      const Index col = col0 + p * L;
+      T* dst = c + r * ldc + col;
+      if (col + L <= n) {
+        V out = acc[r][p];
+        if (accumulate) {
+          V old;
+          std::memcpy(&old, dst, sizeof(V));
+          out += old;
+        }
+        std::memcpy(dst, &out, sizeof(V));
+      } else {
+        T lanes[L];
+        std::memcpy(lanes, &acc[r][p], sizeof(V));
+        for (Index l = 0; l < n - col; ++l) dst[l] = accumulate ? dst[l] + lanes[l] : lanes[l];
+      }
+    }
+  }
+}
+
+template <class T, int MR>
+void row_block(Index k, const T* a, Index lda, const PackedWeights<T>& w, T* c, Index ldc,
+               bool accumulate) {
+  constexpr int NP = panels_for_rows(MR);
+  constexpr int L = kLanes<T>;
+  const Index stride = w.k * L;
+  Index q = 0;
+  for (; q + NP <= w.panels; q += NP)
+    micro_kernel<T, MR, NP>(k, a, lda, w.data.data() + q * stride, stride, q * L, w.n, c, ldc,
+                            accumulate);
+  for (; q < w.panels; ++q)
+    micro_kernel<T, MR, 1>(k, a, lda, w.data.data() + q * stride, stride, q * L, w.n, c, ldc,
+                           accumulate);
+}
+
+template <class T, int MR = kMaxRows>
+void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>& w, T* c,
+              Index ldc, bool accumulate) {
+  if constexpr (MR >= 1) {
+    if (rows == MR) return row_block<T, MR>(k, a, lda, w, c, ldc, accumulate);
+    return row_tail<T, MR - 1>(rows, k, a, lda, w, c, ldc, accumulate);
+  }
+}
+
+// C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k).
+// Full blocks of kMaxRows rows go panel group by panel group, so each group of weights is
+// loaded once per call and reused by every row block while it is in L1/L2 (at H = 1024 a
+// thread's weights are 8 MB: streaming them once per row block would be 16 passes over L3).
+// The remaining rows (all of them at small batch) go row block by row block with the widest
+// panel count their register budget allows.
+template <class T>
+void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c, Index ldc,
+                 bool accumulate) {
+  if (m <= 0 || w.n <= 0) return;
+  if (w.k <= 0) {
+    if (!accumulate)
+      for (Index r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + w.n, T(0));
+    return;
+  }
+  constexpr int MR = kMaxRows, NP = panels_for_rows(MR), L = kLanes<T>;
+  const Index full = m / MR * MR, stride = w.k * L;
+  if (full > 0) {
+    Index q = 0;
+    for (; q + NP <= w.panels; q += NP)
+      for (Index r0 = 0; r0 < full; r0 += MR)
+        micro_kernel<T, MR, NP>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
+                                w.n, c + r0 * ldc, ldc, accumulate);
+    for (; q < w.panels; ++q)
+      for (Index r0 = 0; r0 < full; r0 += MR)
+        micro_kernel<T, MR, 1>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
+                               w.n, c + r0 * ldc, ldc, accumulate);
+  }
+  if (full < m) row_tail<T>(m - full, w.k, a + full * lda, lda, w, c + full * ldc, ldc, accumulate);
+}
+
+}  // namespace detail
+}  // namespace rnncore
