@@ -104,7 +104,28 @@ inline void micro_kernel(Index k, const T* a, Index lda, const T* wp, Index pane
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) acc[r][p] = V{};
-  for (Index kk = 0; kk < k; ++kk) {
+  Index kk = 0;
+  if constexpr (MR == 1) {
+    // One row: every accumulator is a chain of k dependent FMAs. A second set for odd kk
+    // halves the chain length so the FMA latency is hidden.
+    V odd[NP];
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) odd[p] = V{};
+    for (; kk + 1 < k; kk += 2) {
+      const V a0 = splat(a + kk), a1 = splat(a + kk + 1);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        V w0, w1;
+        std::memcpy(&w0, wp + p * panel_stride + kk * L, sizeof(V));
+        std::memcpy(&w1, wp + p * panel_stride + (kk + 1) * L, sizeof(V));
+        acc[0][p] += a0 * w0;
+        odd[p] += a1 * w1;
+      }
+    }
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) acc[0][p] += odd[p];
+  }
+  for (; kk < k; ++kk) {
     V w[NP];
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) std::memcpy(&w[p], wp + p * panel_stride + kk * L, sizeof(V));
@@ -179,14 +200,17 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
   }
   constexpr int MR = kMaxRows, NP = panels_for_rows(MR), L = kLanes<T>;
   const Index full = m / MR * MR, stride = w.k * L;
-  if (full > 0) {
+  // Large m (the hoisted input projection): chunks of rows whose A block stays in L2.
+  const Index chunk = std::max<Index>(MR, (Index(1) << 18) / Index(sizeof(T) * w.k) / MR * MR);
+  for (Index c0 = 0; c0 < full; c0 += chunk) {
+    const Index c1 = std::min(full, c0 + chunk);
     Index q = 0;
     for (; q + NP <= w.panels; q += NP)
-      for (Index r0 = 0; r0 < full; r0 += MR)
+      for (Index r0 = c0; r0 < c1; r0 += MR)
         micro_kernel<T, MR, NP>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
                                 w.n, c + r0 * ldc, ldc, accumulate);
     for (; q < w.panels; ++q)
-      for (Index r0 = 0; r0 < full; r0 += MR)
+      for (Index r0 = c0; r0 < c1; r0 += MR)
         micro_kernel<T, MR, 1>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
                                w.n, c + r0 * ldc, ldc, accumulate);
   }

@@ -107,6 +107,22 @@ void gather_state(const Schedule& sc, Index hidden, const T* src, T* dst) {
   }
 }
 
+// out (rows x n) = x (rows x I) * w^T for w (n x I): the weights packed once, rows split across
+// threads (each row block computed by one thread, so results do not depend on the split).
+template <class T>
+void input_projection(Index rows, const T* x, Index I, const T* w, Index n, T* out, Index ldo,
+                      int max_threads) {
+  if (rows <= 0 || n <= 0) return;
+  PackedWeights<T> packed;
+  packed.pack(n, I, [&](Index c) { return w + c * I; }, 1);
+  const int threads = gemm_threads(rows, n, I, max_threads);
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+  for (int p = 0; p < threads; ++p) {
+    const Index lo = split_point(rows, p, threads, 16), hi = split_point(rows, p + 1, threads, 16);
+    if (hi > lo) packed_gemm(hi - lo, x + lo * I, I, packed, out + lo * ldo, ldo, false);
+  }
+}
+
 template <class Cell, class T, bool kTrain>
 void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T* x, const T* h0,
                   const T* c0, const Schedule& sc, T* y, T* h_n, T* c_n,
@@ -132,8 +148,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
 #pragma omp parallel num_threads(max_threads) if (max_threads > 1 && N * I > 65536)
     gather_steps(sc, 0, steps, x, I, ws->x.data(), omp_get_thread_num(), omp_get_num_threads());
     // The input projection of every step in one GEMM, straight into the gate slots.
-    parallel_gemm(Op::NT, N, G * H, I, ws->x.data(), I, w.w_ih, I, ws->stash.data(), SH, false,
-                  max_threads);
+    input_projection(N, ws->x.data(), I, w.w_ih, G * H, ws->stash.data(), SH, max_threads);
     add_bias_rows(N, G * H, ws->stash.data(), SH, w.b_ih);
     gather_state(sc, H, h0, ws->h.data());
     if (kCell) gather_state(sc, H, c0, ws->c.data());
@@ -159,7 +174,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
   const Index chunk_rows = kTrain ? 0 : chunk_steps * b_max;
 
   Buffer<T> gh(P * b_max * G * Hw);
-  Buffer<T> wih_pack(!kTrain && P > 1 ? P * G * Hw * I : 0), bih_pack(!kTrain && P > 1 ? P * G * Hw : 0);
+  Buffer<T> bih_pack(!kTrain && P > 1 ? P * G * Hw : 0);
   Buffer<T> gx(kTrain ? 0 : P * chunk_rows * G * Hw), xc(kTrain ? 0 : chunk_rows * I);
   Buffer<T> hbuf(kTrain ? 0 : 2 * B * H), cbuf(!kTrain && kCell ? B * H : 0);
   Buffer<T> stash_scratch(!kTrain && NP > 1 ? B * SH : 0), operand_scratch(!kTrain && NP > 1 ? B * H : 0);
@@ -179,17 +194,13 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
       whh[phase].pack((g1 - g0) * Hs, H,
                       [&](Index c) { return w.w_hh + ((g0 + c / Hs) * H + j0 + c % Hs) * H; }, 1);
     });
-    const T* wih = w.w_ih;
+    PackedWeights<T> wih;
     const T* bih = w.b_ih;
-    if (P > 1) {
-      if constexpr (!kTrain) {
-        T* dwi = wih_pack.data() + p * G * Hw * I;
+    if constexpr (!kTrain) {
+      wih.pack(G * Hs, I, [&](Index c) { return w.w_ih + ((c / Hs) * H + j0 + c % Hs) * I; }, 1);
+      if (P > 1) {
         T* dbi = bih_pack.data() + p * G * Hw;
-        for (int g = 0; g < G; ++g) {
-          std::memcpy(dwi + g * Hs * I, w.w_ih + (g * H + j0) * I, sizeof(T) * Hs * I);
-          std::memcpy(dbi + g * Hs, w.b_ih + g * H + j0, sizeof(T) * Hs);
-        }
-        wih = dwi;
+        for (int g = 0; g < G; ++g) std::memcpy(dbi + g * Hs, w.b_ih + g * H + j0, sizeof(T) * Hs);
         bih = dbi;
       }
     }
@@ -238,7 +249,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
 #pragma omp barrier
           }
           const Index rows = sc.offsets[chunk_end] - sc.offsets[chunk_begin];
-          gemm_nt(rows, G * Hs, I, xc.data(), I, wih, I, gxp, G * Hs, false);
+          packed_gemm(rows, xc.data(), I, wih, gxp, G * Hs, false);
           add_bias_rows(rows, G * Hs, gxp, G * Hs, bih);
         }
         gx_rows = gxp + (off - sc.offsets[chunk_begin]) * G * Hs;
