@@ -74,6 +74,7 @@ class PackedWeights {
   Buffer<T> data;
 
   // row(c) points at W row c (output column c); its kk-th value is row(c)[kk * k_stride].
+  // With k_stride != 1, W is the transpose of a row-major matrix: row(c) must be row(0) + c.
   template <class RowFn>
   void pack(Index n_, Index k_, RowFn row, Index k_stride) {
     constexpr int L = kLanes<T>;
@@ -81,22 +82,27 @@ class PackedWeights {
     data.resize(panels * k * L);
     for (Index q = 0; q < panels; ++q) {
       T* dst = data.data() + q * k * L;
-      for (int c = 0; c < L; ++c) {
-        const Index col = q * L + c;
-        if (col < n) {
-          const T* src = row(col);
-          for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = src[kk * k_stride];
-        } else {
-          for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = T(0);
+      const Index cols = std::min<Index>(L, n - q * L);
+      if (k_stride == 1) {  // W rows contiguous: read each row once
+        for (Index c = 0; c < cols; ++c) {
+          const T* src = row(q * L + c);
+          for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = src[kk];
         }
+      } else {  // W is a transpose: its L columns of one panel are contiguous in each source row
+        const T* src = row(q * L);
+        for (Index kk = 0; kk < k; ++kk)
+          for (Index c = 0; c < cols; ++c) dst[kk * L + c] = src[kk * k_stride + c];
       }
+      for (Index c = cols; c < L; ++c)
+        for (Index kk = 0; kk < k; ++kk) dst[kk * L + c] = T(0);
     }
   }
 };
 
 template <class T, int MR, int NP>
-inline void micro_kernel(Index k, const T* a, Index lda, const T* wp, Index panel_stride,
-                         Index col0, Index n, T* c, Index ldc, bool accumulate) {
+inline void micro_kernel(Index k, const T* a, Index lda, const T* wp,
+                         Index panel_stride, Index col0, Index n, T* c, Index ldc,
+                         bool accumulate) {
   using V = typename Vec<T>::type;
   constexpr int L = kLanes<T>;
   V acc[MR][NP];
@@ -159,39 +165,41 @@ inline void micro_kernel(Index k, const T* a, Index lda, const T* wp, Index pane
   }
 }
 
+// wp: the packed weights advanced to the k-block (panel q of it at wp + q * w.k * L).
 template <class T, int MR>
-void row_block(Index k, const T* a, Index lda, const PackedWeights<T>& w, T* c, Index ldc,
-               bool accumulate) {
+void row_block(Index k, const T* a, Index lda, const PackedWeights<T>& w,
+               const T* wp, T* c, Index ldc, bool accumulate) {
   constexpr int NP = panels_for_rows(MR);
   constexpr int L = kLanes<T>;
   const Index stride = w.k * L;
   Index q = 0;
   for (; q + NP <= w.panels; q += NP)
-    micro_kernel<T, MR, NP>(k, a, lda, w.data.data() + q * stride, stride, q * L, w.n, c, ldc,
+    micro_kernel<T, MR, NP>(k, a, lda, wp + q * stride, stride, q * L, w.n, c, ldc,
                             accumulate);
   for (; q < w.panels; ++q)
-    micro_kernel<T, MR, 1>(k, a, lda, w.data.data() + q * stride, stride, q * L, w.n, c, ldc,
+    micro_kernel<T, MR, 1>(k, a, lda, wp + q * stride, stride, q * L, w.n, c, ldc,
                            accumulate);
 }
 
 template <class T, int MR = kMaxRows>
-void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>& w, T* c,
-              Index ldc, bool accumulate) {
+void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>& w,
+              const T* wp, T* c, Index ldc, bool accumulate) {
   if constexpr (MR >= 1) {
-    if (rows == MR) return row_block<T, MR>(k, a, lda, w, c, ldc, accumulate);
-    return row_tail<T, MR - 1>(rows, k, a, lda, w, c, ldc, accumulate);
+    if (rows == MR) return row_block<T, MR>(k, a, lda, w, wp, c, ldc, accumulate);
+    return row_tail<T, MR - 1>(rows, k, a, lda, w, wp, c, ldc, accumulate);
   }
 }
 
-// C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k).
-// Full blocks of kMaxRows rows go panel group by panel group, so each group of weights is
-// loaded once per call and reused by every row block while it is in L1/L2 (at H = 1024 a
-// thread's weights are 8 MB: streaming them once per row block would be 16 passes over L3).
-// The remaining rows (all of them at small batch) go row block by row block with the widest
-// panel count their register budget allows.
+// C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k), A row-major (lda).
+// Blocking: k in blocks of kKBlock (a k-block of a panel group then fits in L1); rows in chunks
+// whose A block stays in L2; within a chunk, full blocks of kMaxRows rows go panel group by
+// panel group, so each group of weights is loaded once per chunk and reused by every row block
+// (at H = 1024 a thread's weights are 8 MB: streaming them once per row block would be 16
+// passes over L3). The remaining rows (all of them at small batch) go row block by row block
+// with the widest panel count their register budget allows.
 template <class T>
-void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c, Index ldc,
-                 bool accumulate) {
+void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c,
+                 Index ldc, bool accumulate) {
   if (m <= 0 || w.n <= 0) return;
   if (w.k <= 0) {
     if (!accumulate)
@@ -199,22 +207,44 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
     return;
   }
   constexpr int MR = kMaxRows, NP = panels_for_rows(MR), L = kLanes<T>;
+  constexpr Index kKBlock = 256;
   const Index full = m / MR * MR, stride = w.k * L;
-  // Large m (the hoisted input projection): chunks of rows whose A block stays in L2.
-  const Index chunk = std::max<Index>(MR, (Index(1) << 18) / Index(sizeof(T) * w.k) / MR * MR);
-  for (Index c0 = 0; c0 < full; c0 += chunk) {
-    const Index c1 = std::min(full, c0 + chunk);
-    Index q = 0;
-    for (; q + NP <= w.panels; q += NP)
-      for (Index r0 = c0; r0 < c1; r0 += MR)
-        micro_kernel<T, MR, NP>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
-                                w.n, c + r0 * ldc, ldc, accumulate);
-    for (; q < w.panels; ++q)
-      for (Index r0 = c0; r0 < c1; r0 += MR)
-        micro_kernel<T, MR, 1>(w.k, a + r0 * lda, lda, w.data.data() + q * stride, stride, q * L,
-                               w.n, c + r0 * ldc, ldc, accumulate);
+  for (Index k0 = 0; k0 < w.k; k0 += kKBlock) {
+    const Index kc = std::min(kKBlock, w.k - k0);
+    const bool acc = accumulate || k0 > 0;
+    const T* ak0 = a + k0;
+    const T* wp = w.data.data() + k0 * L;
+    const Index chunk = std::max<Index>(MR, (Index(1) << 18) / Index(sizeof(T) * kc) / MR * MR);
+    for (Index c0 = 0; c0 < full; c0 += chunk) {
+      const Index c1 = std::min(full, c0 + chunk);
+      Index q = 0;
+      for (; q + NP <= w.panels; q += NP)
+        for (Index r0 = c0; r0 < c1; r0 += MR)
+          micro_kernel<T, MR, NP>(kc, ak0 + r0 * lda, lda, wp + q * stride, stride, q * L,
+                                  w.n, c + r0 * ldc, ldc, acc);
+      for (; q < w.panels; ++q)
+        for (Index r0 = c0; r0 < c1; r0 += MR)
+          micro_kernel<T, MR, 1>(kc, ak0 + r0 * lda, lda, wp + q * stride, stride, q * L,
+                                 w.n, c + r0 * ldc, ldc, acc);
+    }
+    if (full < m)
+      row_tail<T>(m - full, kc, ak0 + full * lda, lda, w, wp, c + full * ldc, ldc, acc);
   }
-  if (full < m) row_tail<T>(m - full, w.k, a + full * lda, lda, w, c + full * ldc, ldc, accumulate);
+}
+
+// Large one-off products (the hoisted ones): W packed once, C's rows split across threads,
+// each block of rows computed by one thread, so results do not depend on the thread count's
+// timing (only on the count itself).
+template <class T>
+void parallel_packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w,
+                          T* c, Index ldc, bool accumulate, int max_threads) {
+  if (m <= 0 || w.n <= 0) return;
+  const int threads = std::max(1, std::min<int>(max_threads, int(2.0 * m * w.n * w.k / 2e6)));
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+  for (int p = 0; p < threads; ++p) {
+    const Index lo = m * p / threads / 16 * 16, hi = p + 1 == threads ? m : m * (p + 1) / threads / 16 * 16;
+    if (hi > lo) packed_gemm(hi - lo, a + lo * lda, lda, w, c + lo * ldc, ldc, accumulate);
+  }
 }
 
 }  // namespace detail

@@ -115,12 +115,7 @@ void input_projection(Index rows, const T* x, Index I, const T* w, Index n, T* o
   if (rows <= 0 || n <= 0) return;
   PackedWeights<T> packed;
   packed.pack(n, I, [&](Index c) { return w + c * I; }, 1);
-  const int threads = gemm_threads(rows, n, I, max_threads);
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-  for (int p = 0; p < threads; ++p) {
-    const Index lo = split_point(rows, p, threads, 16), hi = split_point(rows, p + 1, threads, 16);
-    if (hi > lo) packed_gemm(hi - lo, x + lo * I, I, packed, out + lo * ldo, ldo, false);
-  }
+  parallel_packed_gemm(rows, x, I, packed, out, ldo, false, max_threads);
 }
 
 template <class Cell, class T, bool kTrain>
@@ -388,6 +383,8 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
     }
     Hprev = hprev_packed.data();
   }
+  // dW = dG^T X and dG^T h_{t-1}: one-off products with a transposed operand, which Eigen packs
+  // and does well (the packed step kernel would read dG^T one page per k step).
   for (int ga = 0; ga < G;) {
     int gb = ga + 1;
     while (gb < G && Cell::kGateSlots[gb].input_grad == Cell::kGateSlots[gb - 1].input_grad + 1) ++gb;
@@ -404,6 +401,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
       ++gb;
     const T* dg = ws.stash.data() + Cell::kGateSlots[ga].recurrent_grad * H;
     const int op = Cell::kGateSlots[ga].recurrent_operand;
+    // op >= 0: GRU reset-before, whose n-gate multiplies r * h_{t-1}, kept in a stash slot.
     const T* a = op < 0 ? Hprev : ws.stash.data() + op * H;
     parallel_gemm(Op::TN, (gb - ga) * H, H, N, dg, SH, a, op < 0 ? H : SH,
                   grads.dw_hh + ga * H * H, H, true, max_threads);
@@ -417,8 +415,11 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
     for (int ga = 0; ga < G;) {
       int gb = ga + 1;
       while (gb < G && Cell::kGateSlots[gb].input_grad == Cell::kGateSlots[gb - 1].input_grad + 1) ++gb;
-      parallel_gemm(Op::NN, N, I, (gb - ga) * H, ws.stash.data() + Cell::kGateSlots[ga].input_grad * H,
-                    SH, w.w_ih + ga * H * I, I, dxp, I, !first, max_threads);
+      PackedWeights<T> wt;  // W_ih rows [ga*H, gb*H) transposed: row c = column c
+      const T* wblock = w.w_ih + ga * H * I;
+      wt.pack(I, (gb - ga) * H, [&](Index c) { return wblock + c; }, I);
+      parallel_packed_gemm(N, ws.stash.data() + Cell::kGateSlots[ga].input_grad * H, SH,
+                           wt, dxp, I, !first, max_threads);
       first = false;
       ga = gb;
     }
