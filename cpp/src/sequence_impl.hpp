@@ -445,7 +445,9 @@ template <class Cell, class T>
 void forward_training(const SequenceShape& shape, const LayerWeights<T>& w, const T* x,
                       const T* h0, const T* c0, const int64_t* lengths, bool reverse, T* y, T* h_n,
                       T* c_n, TrainingWorkspace<T>& ws) {
-  ws.release();
+  // Buffers keep their capacity from earlier calls: a training loop then reuses the same pages
+  // instead of faulting in fresh ones every step (release() frees them).
+  ws.ready = false;
   ws.shape = shape;
   ws.schedule = Schedule(shape.seq_len, shape.batch, lengths, reverse);
   detail::forward_impl<Cell, T, true>(shape, w, x, h0, c0, ws.schedule, y, h_n, c_n, &ws);
@@ -461,7 +463,6 @@ void backward(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, c
         "already consumed by an earlier backward()");
   ws.ready = false;
   detail::backward_impl<Cell, T>(w, ws, dy, dh_n, dc_n, dx, dh0, dc0, grads);
-  ws.release();
 }
 
 #define RNNCORE_INSTANTIATE_SEQUENCE(CELL, T)                                                   \

@@ -32,6 +32,7 @@ class _RNNBase(Module):
         self.gates = GATES[cell]
         self._rng = np.random.default_rng(seed)
         self._tape = None
+        self._workspaces = []  # one per (layer, direction), reused across training steps
         self._init_params()
 
     # ---- parameters ---------------------------------------------------------------------
@@ -148,7 +149,7 @@ class _RNNBase(Module):
             outs = []
             for d in range(D):
                 i = layer * D + d
-                ws = workspace(self.dtype) if self.training else None
+                ws = self._workspace(i) if self.training else None
                 weights, _ = self._weights(layer, d)
                 y, hn, cn = fwd(self.cell, inp, None if h0 is None else h0[i],
                                 None if c0 is None else c0[i], *weights, lengths, d == 1, ws)
@@ -227,8 +228,18 @@ class _RNNBase(Module):
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, self._pack_state(dh0, dc0, unbatched)
 
+    def _workspace(self, i):
+        """The C++ workspace of layer-direction i, kept between training steps so its memory is
+        reused (eval() releases them)."""
+        while len(self._workspaces) <= i:
+            self._workspaces.append(workspace(self.dtype))
+        return self._workspaces[i]
+
     def _drop_tape(self):
         self._tape = None
+        for ws in self._workspaces:
+            ws.release()
+        self._workspaces = []
 
     def __repr__(self):
         opts = [f"{self.input_size}", f"{self.hidden_size}"]

@@ -110,9 +110,11 @@ class TrainingWorkspace {
   Schedule schedule;
   Buffer<T> x, stash, h, c;
   bool ready = false;  // set by forward_training, cleared by backward
+  // The buffers keep their capacity after backward, so the next training step reuses them;
+  // release() returns the memory.
 
   std::size_t bytes() const { return sizeof(T) * (x.capacity() + stash.capacity() + h.capacity() + c.capacity()); }
-  // Frees the buffers (backward calls it once it is done).
+  // Frees the buffers.
   void release() {
     Buffer<T>().swap(x);
     Buffer<T>().swap(stash);
