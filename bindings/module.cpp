@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -116,12 +117,19 @@ py::array_t<T> empty(const std::vector<Index>& shape) {
   return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
+// A checked call: outputs allocated, arguments validated (with the GIL); run() needs no GIL.
+struct Prepared {
+  py::tuple outputs;
+  std::function<void()> run;
+  bool single_threaded = true;  // its time loop would use one thread
+};
+
 template <class T>
-py::tuple forward(const std::string& cell, const py::object& x, const py::object& h0,
-                  const py::object& c0, const py::object& w_ih, const py::object& w_hh,
-                  const py::object& b_ih, const py::object& b_hh, const py::object& w_peephole,
-                  const py::object& lengths, bool reverse,
-                  rnncore::TrainingWorkspace<T>* workspace) {
+Prepared prepare_forward(const std::string& cell, const py::object& x, const py::object& h0,
+                         const py::object& c0, const py::object& w_ih, const py::object& w_hh,
+                         const py::object& b_ih, const py::object& b_hh,
+                         const py::object& w_peephole, const py::object& lengths, bool reverse,
+                         rnncore::TrainingWorkspace<T>* workspace) {
   const CellInfo ci = cell_info(cell);
   const auto W = check_weights<T>(ci, w_ih, w_hh, b_ih, b_hh, w_peephole);
   if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
@@ -149,25 +157,62 @@ py::tuple forward(const std::string& cell, const py::object& x, const py::object
   }
   T* yp = y.mutable_data();
   T* hnp = h_n.mutable_data();
-  {
-    py::gil_scoped_release release;
-#define RNNCORE_FORWARD(NAME, TYPE)                                                          \
-  if (cell == #NAME) {                                                                       \
-    if (workspace)                                                                           \
-      rnncore::forward_training<TYPE, T>(shape, W.w, xp, h0p, c0p, lp, reverse, yp, hnp, cnp, \
-                                         *workspace);                                        \
-    else                                                                                     \
-      rnncore::forward_inference<TYPE, T>(shape, W.w, xp, h0p, c0p, lp, reverse, yp, hnp,    \
-                                          cnp);                                              \
+  Prepared out;
+  out.outputs = py::make_tuple(y, h_n, c_n);
+#define RNNCORE_FORWARD(NAME, TYPE)                                                             \
+  if (cell == #NAME) {                                                                          \
+    out.single_threaded = rnncore::loop_threads<TYPE, T>(B, W.H) == 1;                          \
+    out.run = [=, w = W.w]() {                                                                  \
+      if (workspace)                                                                            \
+        rnncore::forward_training<TYPE, T>(shape, w, xp, h0p, c0p, lp, reverse, yp, hnp, cnp,   \
+                                           *workspace);                                         \
+      else                                                                                      \
+        rnncore::forward_inference<TYPE, T>(shape, w, xp, h0p, c0p, lp, reverse, yp, hnp, cnp); \
+    };                                                                                          \
   }
-    RNNCORE_FOR_EACH_CELL(RNNCORE_FORWARD)
+  RNNCORE_FOR_EACH_CELL(RNNCORE_FORWARD)
 #undef RNNCORE_FORWARD
-  }
-  return py::make_tuple(y, h_n, c_n);
+  return out;
 }
 
 template <class T>
-py::tuple backward(const std::string& cell, rnncore::TrainingWorkspace<T>& ws,
+py::tuple forward(const std::string& cell, const py::object& x, const py::object& h0,
+                  const py::object& c0, const py::object& w_ih, const py::object& w_hh,
+                  const py::object& b_ih, const py::object& b_hh, const py::object& w_peephole,
+                  const py::object& lengths, bool reverse,
+                  rnncore::TrainingWorkspace<T>* workspace) {
+  Prepared p = prepare_forward<T>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_peephole, lengths,
+                                  reverse, workspace);
+  {
+    py::gil_scoped_release release;
+    p.run();
+  }
+  return p.outputs;
+}
+
+// Both directions of a bidirectional layer in one call: side by side when each is small.
+// fwd_args / bwd_args: (h0, c0, w_ih, w_hh, b_ih, b_hh, w_peephole, workspace or None).
+template <class T>
+py::tuple forward_bidirectional(const std::string& cell, const py::object& x,
+                                const py::object& lengths, const py::tuple& fa,
+                                const py::tuple& ba) {
+  auto ws = [](const py::handle& h) {
+    return h.is_none() ? nullptr : h.cast<rnncore::TrainingWorkspace<T>*>();
+  };
+  if (fa.size() != 8 || ba.size() != 8) throw py::value_error("expected 8 arguments per direction");
+  Prepared f = prepare_forward<T>(cell, x, fa[0], fa[1], fa[2], fa[3], fa[4], fa[5], fa[6],
+                                  lengths, false, ws(fa[7]));
+  Prepared b = prepare_forward<T>(cell, x, ba[0], ba[1], ba[2], ba[3], ba[4], ba[5], ba[6],
+                                  lengths, true, ws(ba[7]));
+  {
+    py::gil_scoped_release release;
+    rnncore::run_independent({f.run, b.run}, f.single_threaded && b.single_threaded);
+  }
+  return py::make_tuple(f.outputs, b.outputs);
+}
+
+template <class T>
+Prepared prepare_backward(const std::string& cell, rnncore::TrainingWorkspace<T>& ws,
                    const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
                    const py::object& b_hh, const py::object& w_peephole, const py::object& dy,
                    const py::object& dh_n, const py::object& dc_n, const py::object& dw_ih,
@@ -206,14 +251,55 @@ py::tuple backward(const std::string& cell, rnncore::TrainingWorkspace<T>& ws,
   }
   T* dxp = dx.mutable_data();
   T* dh0p = dh0.mutable_data();
+  Prepared out;
+  out.outputs = py::make_tuple(dx, dh0, dc0);
+  rnncore::TrainingWorkspace<T>* wsp = &ws;
+#define RNNCORE_BACKWARD(NAME, TYPE)                                                          \
+  if (cell == #NAME) {                                                                        \
+    out.single_threaded = rnncore::loop_threads<TYPE, T>(B, H) == 1;                          \
+    out.run = [=, w = W.w]() {                                                                \
+      rnncore::backward<TYPE, T>(w, *wsp, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);               \
+    };                                                                                        \
+  }
+  RNNCORE_FOR_EACH_CELL(RNNCORE_BACKWARD)
+#undef RNNCORE_BACKWARD
+  return out;
+}
+
+template <class T>
+py::tuple backward(const std::string& cell, rnncore::TrainingWorkspace<T>& ws,
+                   const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                   const py::object& b_hh, const py::object& w_peephole, const py::object& dy,
+                   const py::object& dh_n, const py::object& dc_n, const py::object& dw_ih,
+                   const py::object& dw_hh, const py::object& db_ih, const py::object& db_hh,
+                   const py::object& dw_peephole) {
+  Prepared p = prepare_backward<T>(cell, ws, w_ih, w_hh, b_ih, b_hh, w_peephole, dy, dh_n, dc_n,
+                                   dw_ih, dw_hh, db_ih, db_hh, dw_peephole);
   {
     py::gil_scoped_release release;
-#define RNNCORE_BACKWARD(NAME, TYPE) \
-  if (cell == #NAME) rnncore::backward<TYPE, T>(W.w, ws, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);
-    RNNCORE_FOR_EACH_CELL(RNNCORE_BACKWARD)
-#undef RNNCORE_BACKWARD
+    p.run();
   }
-  return py::make_tuple(dx, dh0, dc0);
+  return p.outputs;
+}
+
+// Both directions: args per direction (workspace, w_ih, w_hh, b_ih, b_hh, w_peephole, dy,
+// dh_n, dc_n, dw_ih, dw_hh, db_ih, db_hh, dw_peephole).
+template <class T>
+py::tuple backward_bidirectional(const std::string& cell, const py::tuple& fa,
+                                 const py::tuple& ba) {
+  if (fa.size() != 14 || ba.size() != 14) throw py::value_error("expected 14 arguments per direction");
+  auto prep = [&](const py::tuple& a) {
+    return prepare_backward<T>(cell, *a[0].cast<rnncore::TrainingWorkspace<T>*>(), a[1], a[2],
+                               a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+                               a[13]);
+  };
+  Prepared f = prep(fa);
+  Prepared b = prep(ba);
+  {
+    py::gil_scoped_release release;
+    rnncore::run_independent({f.run, b.run}, f.single_threaded && b.single_threaded);
+  }
+  return py::make_tuple(f.outputs, b.outputs);
 }
 
 template <class T>
@@ -238,6 +324,15 @@ void bind_dtype(py::module_& m, const char* suffix) {
         py::arg("db_hh"), py::arg("dw_peephole"),
         "BPTT through the workspace's forward. Returns (dx, dh0, dc0 or None); adds parameter "
         "gradients into dw_*/db_*.");
+  m.def((std::string("forward_bidirectional") + suffix).c_str(), &forward_bidirectional<T>,
+        py::arg("cell"), py::arg("x"), py::arg("lengths"), py::arg("forward_args"),
+        py::arg("reverse_args"),
+        "Both directions of a layer; each args tuple is (h0, c0, w_ih, w_hh, b_ih, b_hh, "
+        "w_peephole, workspace). Returns ((y, h_n, c_n), (y, h_n, c_n)).");
+  m.def((std::string("backward_bidirectional") + suffix).c_str(), &backward_bidirectional<T>,
+        py::arg("cell"), py::arg("forward_args"), py::arg("reverse_args"),
+        "Both directions; each args tuple is (workspace, w_ih, w_hh, b_ih, b_hh, w_peephole, dy, "
+        "dh_n, dc_n, dw_ih, dw_hh, db_ih, db_hh, dw_peephole). Returns two (dx, dh0, dc0).");
 }
 
 }  // namespace

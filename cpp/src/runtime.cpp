@@ -1,6 +1,9 @@
 #include "rnncore/runtime.hpp"
 
 #include <algorithm>
+#include <exception>
+#include <functional>
+#include <vector>
 #include <atomic>
 #include <numeric>
 #include <stdexcept>
@@ -14,13 +17,42 @@ namespace rnncore {
 
 namespace {
 std::atomic<int> g_num_threads{0};
-}
+thread_local int t_thread_limit = 0;  // 0: no limit
+}  // namespace
 
 void set_num_threads(int n) { g_num_threads.store(n > 0 ? n : 0); }
 
 int get_num_threads() {
   const int n = g_num_threads.load();
-  return n > 0 ? n : std::max(1, omp_get_max_threads());
+  const int threads = n > 0 ? n : std::max(1, omp_get_max_threads());
+  return t_thread_limit > 0 ? std::min(threads, t_thread_limit) : threads;
+}
+
+ThreadLimit::ThreadLimit(int n) : saved_(t_thread_limit) {
+  if (n > 0 && (t_thread_limit == 0 || n < t_thread_limit)) t_thread_limit = n;
+}
+ThreadLimit::~ThreadLimit() { t_thread_limit = saved_; }
+
+void run_independent(const std::vector<std::function<void()>>& calls, bool each_single_threaded) {
+  const int threads = get_num_threads();
+  if (!each_single_threaded || threads < 2 || calls.size() < 2) {
+    for (const auto& call : calls) call();
+    return;
+  }
+  // One thread per call; an exception in one is rethrown after all have finished.
+  std::vector<std::exception_ptr> errors(calls.size());
+  const int team = int(std::min<std::size_t>(std::size_t(threads), calls.size()));
+#pragma omp parallel for num_threads(team) schedule(static, 1)
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    ThreadLimit one(1);
+    try {
+      calls[i]();
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 Schedule::Schedule(Index seq_len_, Index batch_, const int64_t* lengths, bool reverse_)

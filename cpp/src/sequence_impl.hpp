@@ -54,7 +54,7 @@ struct UnitSplit {
 // read twice as fast; a small batch with small weights is not worth the barrier.
 // (Measured: RNN 100/16/128 gains nothing from 2 threads, LSTM 200/1/256 gains 1.5x.)
 template <class Cell, class T>
-int loop_threads(Index rows, Index hidden) {
+int step_threads(Index rows, Index hidden) {
   const int max_threads = get_num_threads();
   const double weights = double(Cell::kGates) * double(hidden) * double(hidden);
   const double cost = std::max(2.0 * double(rows) * weights, weights * double(sizeof(T)));
@@ -165,7 +165,7 @@ void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T*
   }
 
   const Index b_max = steps > 0 ? sc.batch_sizes[0] : 0;
-  const int P = loop_threads<Cell, T>(b_max, H);
+  const int P = step_threads<Cell, T>(b_max, H);
   const UnitSplit split(H, P);
   const Index Hw = split.widest;
   // Inference computes the input projection in chunks of steps so memory stays independent of T.
@@ -315,7 +315,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
   const std::vector<T> zeros(H, T(0));
 
   const Index b_max = steps > 0 ? sc.batch_sizes[0] : 0;
-  const int P = loop_threads<Cell, T>(b_max, H);
+  const int P = step_threads<Cell, T>(b_max, H);
   const UnitSplit split(H, P);
   const Index Hw = split.widest;
   Buffer<T> doperand(NP > 1 ? B * H : 0);
@@ -438,6 +438,11 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
 }  // namespace detail
 
 template <class Cell, class T>
+int loop_threads(Index batch, Index hidden) {
+  return detail::step_threads<Cell, T>(batch, hidden);
+}
+
+template <class Cell, class T>
 void forward_inference(const SequenceShape& shape, const LayerWeights<T>& w, const T* x,
                        const T* h0, const T* c0, const int64_t* lengths, bool reverse, T* y, T* h_n,
                        T* c_n) {
@@ -470,6 +475,7 @@ void backward(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, c
 }
 
 #define RNNCORE_INSTANTIATE_SEQUENCE(CELL, T)                                                   \
+  template int loop_threads<CELL, T>(Index, Index);                                            \
   template void forward_inference<CELL, T>(const SequenceShape&, const LayerWeights<T>&,      \
                                            const T*, const T*, const T*, const int64_t*, bool, \
                                            T*, T*, T*);                                        \

@@ -89,6 +89,14 @@ def kernels(dtype):
     return _core.forward64, _core.backward64
 
 
+def bidirectional_kernels(dtype):
+    """(forward, backward) running both directions of a layer in one call (side by side when
+    each direction is too small to use more than one thread)."""
+    if dtype == np.float32:
+        return _core.forward_bidirectional32, _core.backward_bidirectional32
+    return _core.forward_bidirectional64, _core.backward_bidirectional64
+
+
 class Module:
     """Parameters and gradients as dicts of live numpy arrays; train/eval modes; state dicts.
 

@@ -8,8 +8,8 @@ import numbers
 
 import numpy as np
 
-from ._base import (GATES, Module, as_array, check_lengths, check_shape, kernels,
-                    positive_int, workspace)
+from ._base import (GATES, Module, as_array, bidirectional_kernels, check_lengths, check_shape,
+                    kernels, positive_int, workspace)
 
 
 class _RNNBase(Module):
@@ -140,25 +140,33 @@ class _RNNBase(Module):
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
         fwd, _ = kernels(self.dtype)
+        fwd2, _ = bidirectional_kernels(self.dtype)
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         h_n = np.empty((L * D, B, H), self.dtype)
         c_n = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
         tape = {"workspaces": [], "masks": [], "shape": None} if self.training else None
         inp = x
         for layer in range(L):
-            outs = []
+            args = []
             for d in range(D):
                 i = layer * D + d
                 ws = self._workspace(i) if self.training else None
                 weights, _ = self._weights(layer, d)
-                y, hn, cn = fwd(self.cell, inp, None if h0 is None else h0[i],
-                                None if c0 is None else c0[i], *weights, lengths, d == 1, ws)
-                outs.append(y)
-                h_n[i] = hn
-                if c_n is not None:
-                    c_n[i] = cn
+                args.append((None if h0 is None else h0[i], None if c0 is None else c0[i],
+                             *weights, ws))
                 if tape is not None:
                     tape["workspaces"].append(ws)
+            if D == 1:
+                a = args[0]
+                results = [fwd(self.cell, inp, a[0], a[1], *a[2:7], lengths, False, a[7])]
+            else:
+                results = fwd2(self.cell, inp, lengths, args[0], args[1])
+            outs = []
+            for d, (y, hn, cn) in enumerate(results):
+                outs.append(y)
+                h_n[layer * D + d] = hn
+                if c_n is not None:
+                    c_n[layer * D + d] = cn
             out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if self.training and self.dropout > 0 and layer < L - 1:
                 mask = (self._rng.random(out.shape) >= self.dropout).astype(self.dtype)
@@ -202,24 +210,28 @@ class _RNNBase(Module):
         elif self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         _, bwd = kernels(self.dtype)
+        _, bwd2 = bidirectional_kernels(self.dtype)
         dh0 = np.empty((L * D, B, H), self.dtype)
         dc0 = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
         dout = dy
         for layer in reversed(range(L)):
             if layer < L - 1 and tape["masks"]:
                 dout = dout * tape["masks"][layer]
-            dx = None
+            args = []
             for d in range(D):
                 i = layer * D + d
                 weights, grads = self._weights(layer, d)
                 dy_d = dout if D == 1 else np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
-                dx_d, dh0_d, dc0_d = bwd(self.cell, tape["workspaces"][i], *weights, dy_d,
-                                         None if dh_n is None else dh_n[i],
-                                         None if dc_n is None else dc_n[i], *grads)
+                args.append((tape["workspaces"][i], *weights, dy_d,
+                             None if dh_n is None else dh_n[i],
+                             None if dc_n is None else dc_n[i], *grads))
+            results = [bwd(self.cell, *args[0])] if D == 1 else bwd2(self.cell, args[0], args[1])
+            dx = None
+            for d, (dx_d, dh0_d, dc0_d) in enumerate(results):
                 dx = dx_d if dx is None else dx + dx_d
-                dh0[i] = dh0_d
+                dh0[layer * D + d] = dh0_d
                 if dc0 is not None:
-                    dc0[i] = dc0_d
+                    dc0[layer * D + d] = dc0_d
             dout = dx
         dx = dout
         if unbatched:

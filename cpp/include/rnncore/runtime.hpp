@@ -9,4 +9,17 @@ namespace rnncore {
 void set_num_threads(int n);
 int get_num_threads();
 
+// While alive, limits the threads used by rnncore calls made from the constructing thread
+// (limits nest; the smallest wins). Used to run independent calls side by side.
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(int n);
+  ~ThreadLimit();
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace rnncore

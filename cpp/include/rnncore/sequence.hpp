@@ -17,6 +17,7 @@
 // except what `forward_training` stores in its workspace (copies, not pointers).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -144,5 +145,15 @@ void forward_training(const SequenceShape& shape, const LayerWeights<T>& w, cons
 template <class Cell, class T>
 void backward(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, const T* dh_n,
               const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGradients<T>& grads);
+
+// Threads the time loop of a call with this batch and hidden size would use (1 for small
+// problems, where a barrier per step costs more than a second thread saves).
+template <class Cell, class T>
+int loop_threads(Index batch, Index hidden);
+
+// Runs independent calls (e.g. the two directions of a bidirectional layer): side by side, one
+// thread each, when each_single_threaded says none of them would use more than one thread;
+// otherwise one after another, each with all threads. Exceptions are rethrown after all calls.
+void run_independent(const std::vector<std::function<void()>>& calls, bool each_single_threaded);
 
 }  // namespace rnncore
