@@ -317,7 +317,6 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
   const Index b_max = steps > 0 ? sc.batch_sizes[0] : 0;
   const int P = step_threads<Cell, T>(b_max, H);
   const UnitSplit split(H, P);
-  const Index Hw = split.widest;
   Buffer<T> doperand(NP > 1 ? B * H : 0);
 
   if (steps > 0) {
@@ -339,7 +338,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
         T* stash = ws.stash.data() + off * SH;
         for_each_phase_reversed<NP>([&](auto phase) {
           constexpr int ph = decltype(phase)::value;
-          constexpr int g0 = Cell::kPhaseFirstGate[ph], g1 = Cell::kPhaseFirstGate[ph + 1];
+          constexpr int g0 = Cell::kPhaseFirstGate[ph];
           BackwardRow<T> row;
           row.peephole = w.w_peephole, row.dpeephole = grads.dw_peephole, row.H = H;
           for (Index r = 0; r < b; ++r) {
