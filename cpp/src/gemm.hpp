@@ -1,7 +1,8 @@
-// GEMM entry points of the drivers (internal). Row-major, leading dimensions in elements.
-// Eigen does the arithmetic; rnncore does the threading (Eigen's own OpenMP is disabled with
-// EIGEN_DONT_PARALLELIZE) so that the thread count and the split, hence the result bits, are
-// under our control.
+// Eigen GEMMs of the drivers (internal): the hoisted weight-gradient products. Row-major,
+// leading dimensions in elements. Eigen does the arithmetic; rnncore does the threading (Eigen's
+// own OpenMP is disabled with EIGEN_DONT_PARALLELIZE) so that the thread count and the split,
+// hence the result bits, are under our control. The per-step and input products use the packed
+// kernel of packed_gemm.hpp instead.
 #pragma once
 
 #include <algorithm>
@@ -36,32 +37,6 @@ void assign_or_add(Dst&& c, const Expr& e, bool accumulate) {
   else c.noalias() = e;
 }
 
-// C (m x n) (+)= A (m x k) * B^T, B stored (n x k).
-template <class T>
-void gemm_nt(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
-             Index ldc, bool accumulate) {
-  if (m <= 0 || n <= 0) return;
-  auto C = view(c, m, n, ldc);
-  if (k <= 0) {
-    if (!accumulate) C.setZero();
-    return;
-  }
-  assign_or_add(C, view(a, m, k, lda) * view(b, n, k, ldb).transpose(), accumulate);
-}
-
-// C (m x n) (+)= A (m x k) * B (k x n).
-template <class T>
-void gemm_nn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
-             Index ldc, bool accumulate) {
-  if (m <= 0 || n <= 0) return;
-  auto C = view(c, m, n, ldc);
-  if (k <= 0) {
-    if (!accumulate) C.setZero();
-    return;
-  }
-  assign_or_add(C, view(a, m, k, lda) * view(b, k, n, ldb), accumulate);
-}
-
 // C (m x n) (+)= A^T * B, A stored (k x m), B (k x n).
 template <class T>
 void gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
@@ -89,13 +64,12 @@ inline int gemm_threads(Index m, Index n, Index k, int max_threads) {
   return std::max(1, t);
 }
 
-// Large, one-off GEMMs (the hoisted ones): split C by rows or columns, whichever is longer.
-// Each part is computed by exactly one thread in a fixed order, so results do not depend on
-// scheduling.
-enum class Op { NT, NN, TN };
+// The weight gradients dW = dG^T X (one-off products with a transposed operand, which Eigen
+// packs well): C's rows or columns, whichever are more, split across threads; each part is
+// computed by exactly one thread in a fixed order, so results do not depend on scheduling.
 template <class T>
-void parallel_gemm(Op op, Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
-                   T* c, Index ldc, bool accumulate, int max_threads) {
+void parallel_gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
+                      T* c, Index ldc, bool accumulate, int max_threads) {
   const int threads = gemm_threads(m, n, k, max_threads);
   const bool split_rows = m >= n;
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
@@ -103,22 +77,10 @@ void parallel_gemm(Op op, Index m, Index n, Index k, const T* a, Index lda, cons
     const Index len = split_rows ? m : n;
     const Index lo = split_point(len, p, threads, 16), hi = split_point(len, p + 1, threads, 16);
     if (hi <= lo) continue;
-    const Index mm = split_rows ? hi - lo : m, nn = split_rows ? n : hi - lo;
-    T* cc = split_rows ? c + lo * ldc : c + lo;
-    switch (op) {
-      case Op::NT:
-        gemm_nt(mm, nn, k, split_rows ? a + lo * lda : a, lda, split_rows ? b : b + lo * ldb, ldb,
-                cc, ldc, accumulate);
-        break;
-      case Op::NN:
-        gemm_nn(mm, nn, k, split_rows ? a + lo * lda : a, lda, split_rows ? b : b + lo, ldb, cc,
-                ldc, accumulate);
-        break;
-      case Op::TN:
-        gemm_tn(mm, nn, k, split_rows ? a + lo : a, lda, split_rows ? b : b + lo, ldb, cc, ldc,
-                accumulate);
-        break;
-    }
+    if (split_rows)
+      gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, accumulate);
+    else
+      gemm_tn(m, hi - lo, k, a, lda, b + lo, ldb, c + lo, ldc, accumulate);
   }
 }
 

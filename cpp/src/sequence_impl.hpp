@@ -392,7 +392,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
     int gb = ga + 1;
     while (gb < G && Cell::kGateSlots[gb].input_grad == Cell::kGateSlots[gb - 1].input_grad + 1) ++gb;
     const T* dg = ws.stash.data() + Cell::kGateSlots[ga].input_grad * H;
-    parallel_gemm(Op::TN, (gb - ga) * H, I, N, dg, SH, X, I, grads.dw_ih + ga * H * I, I, true,
+    parallel_gemm_tn((gb - ga) * H, I, N, dg, SH, X, I, grads.dw_ih + ga * H * I, I, true,
                   max_threads);
     add_column_sums(N, (gb - ga) * H, dg, SH, grads.db_ih + ga * H, max_threads);
     ga = gb;
@@ -406,7 +406,7 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
     const int op = Cell::kGateSlots[ga].recurrent_operand;
     // op >= 0: GRU reset-before, whose n-gate multiplies r * h_{t-1}, kept in a stash slot.
     const T* a = op < 0 ? Hprev : ws.stash.data() + op * H;
-    parallel_gemm(Op::TN, (gb - ga) * H, H, N, dg, SH, a, op < 0 ? H : SH,
+    parallel_gemm_tn((gb - ga) * H, H, N, dg, SH, a, op < 0 ? H : SH,
                   grads.dw_hh + ga * H * H, H, true, max_threads);
     add_column_sums(N, (gb - ga) * H, dg, SH, grads.db_hh + ga * H, max_threads);
     ga = gb;
