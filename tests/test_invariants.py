@@ -155,22 +155,17 @@ def test_eval_mode_matches_training_mode_and_dropout_applies_only_in_training(rn
     loss()
     dx, _ = m.backward(wy)
     g = m.grads["weight_ih_l1"].copy()
-    eps = 1e-6
-    w = m.params["weight_ih_l1"]
-    for idx in [(0, 0), (5, 3), (23, 5)]:
-        v = w[idx]
-        w[idx] = v + eps
-        lp = loss()
-        w[idx] = v - eps
-        lm = loss()
-        w[idx] = v
-        assert abs((lp - lm) / (2 * eps) - g[idx]) < 1e-7
-    xs = x
-    for idx in [(0, 0, 0), (3, 2, 4)]:
-        v = xs[idx]
-        xs[idx] = v + eps
-        lp = loss()
-        xs[idx] = v - eps
-        lm = loss()
-        xs[idx] = v
-        assert abs((lp - lm) / (2 * eps) - dx[idx]) < 1e-7
+    for arr, grad, idxs in ((m.params["weight_ih_l1"], g, [(0, 0), (5, 3), (23, 5)]),
+                            (x, dx, [(0, 0, 0), (3, 2, 4)])):
+        for idx in idxs:
+            assert abs(central_difference(loss, arr, idx) - grad[idx]) < 1e-7
+
+
+def central_difference(loss, arr, idx, eps=1e-6):
+    v = arr[idx]
+    arr[idx] = v + eps
+    lp = loss()
+    arr[idx] = v - eps
+    lm = loss()
+    arr[idx] = v
+    return (lp - lm) / (2 * eps)

@@ -139,6 +139,9 @@ class _RNNBase(Module):
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
+        # The workspaces are reused: a previous forward's tape is invalid from here on, even if
+        # this call fails part-way.
+        self._tape = None
         fwd, _ = kernels(self.dtype)
         fwd2, _ = bidirectional_kernels(self.dtype)
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
