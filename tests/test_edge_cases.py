@@ -90,11 +90,36 @@ def test_state_of_the_wrong_kind(cell):
     x = np.zeros((5, 2, 3), np.float32)
     h = np.zeros((1, 2, 4))
     if cell in LSTM_CELLS:
-        with pytest.raises(TypeError, match=r"hx must be a tuple \(h0, c0\)"):
+        with pytest.raises(TypeError, match=r"h0 \(the initial state of .*\) must be a tuple \(h0, c0\), got ndarray"):
             m(x, h)
+        y, _ = m(x)
+        with pytest.raises(TypeError, match=r"dh_n \(the final-state gradient of .*\) must be a tuple \(dh_n, dc_n\)"):
+            m.backward(np.zeros_like(y), h)
     else:
         with pytest.raises(TypeError, match="h0 must be an array .* got a tuple"):
             m(x, (h, h))
+
+
+def test_keyword_names_of_the_public_api(cell, rng):
+    """DESIGN.md section 4 names the arguments: forward(x, h0=None, lengths=None) and
+    backward(dy, dh_n=None); code outside the repository calls them by keyword."""
+    m = make_module(cell, 3, 4)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h = rng.standard_normal((1, 2, 4)).astype(np.float32)
+    state = (h, h.copy()) if cell in LSTM_CELLS else h
+    lengths = np.array([5, 3])
+    y, s_n = m(x, state, lengths)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, ds0 = m.backward(dy, s_n)
+    m.zero_grad()
+    y_kw, _ = m(x, h0=state, lengths=lengths)
+    dx_kw, ds0_kw = m.backward(dy=dy, dh_n=s_n)
+    np.testing.assert_array_equal(y_kw, y)
+    np.testing.assert_array_equal(dx_kw, dx)
+    as_list = lambda s: list(s) if isinstance(s, tuple) else [s]
+    assert len(as_list(ds0_kw)) == len(as_list(ds0))
+    for a, b in zip(as_list(ds0_kw), as_list(ds0)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_lengths_errors(cell):

@@ -126,16 +126,17 @@ class _RNNBase(Module):
         return h if not self._has_cell_state else (h, c)
 
     # ---- forward / backward -------------------------------------------------------------
-    def forward(self, x, hx=None, lengths=None):
+    def forward(self, x, h0=None, lengths=None):
         """Runs the whole sequence. Returns (y, h_n), or (y, (h_n, c_n)) for LSTMs.
 
         x: (T, B, input_size) ((B, T, input_size) with batch_first), or unbatched (T, input_size).
-        hx: initial state(s) of shape (num_layers * num_directions, B, hidden_size); zeros if None.
+        h0: initial state of shape (num_layers * num_directions, B, hidden_size), or the tuple
+        (h0, c0) for LSTMs; zeros if None.
         lengths: int array (B,) of valid lengths (batched input only); outputs past a sequence's
         length are zero and its final state is the one after its last valid step."""
         x, unbatched = self._check_input(x)
         T, B = x.shape[0], x.shape[1]
-        h0, c0 = self._split_hx(hx, B, unbatched)
+        h0, c0 = self._split_hx(h0, B, unbatched)
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
@@ -190,12 +191,12 @@ class _RNNBase(Module):
     def _check_grad_state(self, dstate, batch, unbatched):
         return self._check_state("dh_n", dstate, batch, unbatched), None
 
-    def backward(self, dy, dstate=None):
+    def backward(self, dy, dh_n=None):
         """BPTT through the last training-mode forward (consumed). Adds parameter gradients into
-        `grads`; returns (dx, dh0), or (dx, (dh0, dc0)) for LSTMs, shaped like x and hx.
+        `grads`; returns (dx, dh0), or (dx, (dh0, dc0)) for LSTMs, shaped like x and h0.
 
-        dy: gradient of the loss w.r.t. y (same shape as y); dstate: gradients w.r.t. the final
-        state(s) (None = zero)."""
+        dy: gradient of the loss w.r.t. y (same shape as y); dh_n: gradient w.r.t. h_n, or the
+        tuple (dh_n, dc_n) for LSTMs (None = zero)."""
         if self._tape is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
@@ -206,7 +207,7 @@ class _RNNBase(Module):
         y_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
         dy = as_array("dy", dy, self.dtype)
         check_shape("dy", dy, y_shape, " (the shape of y)")
-        dh_n, dc_n = self._check_grad_state(dstate, B, unbatched)
+        dh_n, dc_n = self._check_grad_state(dh_n, B, unbatched)
         self._tape = None
         if unbatched:
             dy = dy[:, None, :]
@@ -279,8 +280,8 @@ class _LSTMStateMixin:
         if hx is None:
             return None, None
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"hx must be a tuple (h0, c0) for {type(self).__name__}, got "
-                            f"{type(hx).__name__}")
+            raise TypeError(f"h0 (the initial state of {type(self).__name__}) must be a tuple "
+                            f"(h0, c0), got {type(hx).__name__}")
         return (self._check_state("h0", hx[0], batch, unbatched),
                 self._check_state("c0", hx[1], batch, unbatched))
 
@@ -288,8 +289,8 @@ class _LSTMStateMixin:
         if dstate is None:
             return None, None
         if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
-            raise TypeError(f"dstate must be a tuple (dh_n, dc_n) for {type(self).__name__}, "
-                            f"got {type(dstate).__name__}")
+            raise TypeError(f"dh_n (the final-state gradient of {type(self).__name__}) must be "
+                            f"a tuple (dh_n, dc_n), got {type(dstate).__name__}")
         return (self._check_state("dh_n", dstate[0], batch, unbatched),
                 self._check_state("dc_n", dstate[1], batch, unbatched))
 
