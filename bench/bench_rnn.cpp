@@ -1,6 +1,6 @@
 // Google Benchmark suite of the C++ core: every cell, inference forward, training forward and
-// backward, over grids of (T, B, H) with I = H, at 1 and 2 threads; plus the machine's FMA peak,
-// against which the GFLOP/s counters are read (bench/PROFILE.md).
+// backward, over grids of (T, B, H) with I = H, at 1 and 2 threads; each cell's pointwise sweep
+// alone; plus the machine's FMA peak, against which the GFLOP/s counters are read (bench/PROFILE.md).
 //
 //   cmake -S . -B build-bench -DRNNCORE_BUILD_BENCH=ON && cmake --build build-bench -j2
 //   ./build-bench/bench/rnncore_bench --benchmark_out=bench.json --benchmark_out_format=json
@@ -14,6 +14,7 @@
 
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "rnncore/cells.hpp"
@@ -153,6 +154,48 @@ void Sweep(benchmark::internal::Benchmark* b) {
   BENCHMARK(BM_Sequence<TYPE, Pass::ForwardBackward>)->Name(#NAME "/forward_backward")->Apply(Grid);
 RNNCORE_FOR_EACH_CELL(RNNCORE_BENCH_CELL)
 #undef RNNCORE_BENCH_CELL
+
+// The pointwise sweep of one time step alone (one thread, inference, every phase): B rows of H
+// units, pre-activations spread over the sigmoid/tanh range. Read against a step's time above:
+// e.g. gru/pointwise/B:64/H:128 is one thread's share of a GRU step at B = 64, H = 256.
+template <class Cell>
+void BM_Pointwise(benchmark::State& state) {
+  const Index B = state.range(0), H = state.range(1);
+  constexpr int G = Cell::kGates;
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<float> pre(-4.0f, 4.0f);
+  std::vector<float> gx(B * G * H), gh(B * G * H), b_hh(G * H, 0.01f), peephole(3 * H, 0.1f),
+      h_prev(B * H, 0.3f), c_prev(B * H, 0.2f), h(B * H), c(B * H),
+      stash(B * Cell::kStashSlots * H), operand(B * H);
+  for (auto& v : gx) v = pre(gen);
+  for (auto& v : gh) v = pre(gen);
+  auto sweep = [&](auto phase) {
+    constexpr int ph = decltype(phase)::value;
+    rnncore::ForwardRow<float> row;
+    row.gx_gate_stride = H, row.gh_gate_stride = H;
+    row.b_hh = b_hh.data(), row.peephole = peephole.data(), row.H = H;
+    for (Index r = 0; r < B; ++r) {
+      row.gx = gx.data() + r * G * H, row.gh = gh.data() + r * G * H;
+      row.h_prev = h_prev.data() + r * H, row.h = h.data() + r * H;
+      row.c_prev = c_prev.data() + r * H, row.c = c.data() + r * H;
+      row.stash = stash.data() + r * Cell::kStashSlots * H, row.operand = operand.data() + r * H;
+#pragma omp simd
+      for (Index j = 0; j < H; ++j) Cell::template forward<ph, float, false>(row, j);
+    }
+  };
+  for (auto _ : state) {
+    sweep(std::integral_constant<int, 0>{});
+    if constexpr (Cell::kPhases > 1) sweep(std::integral_constant<int, 1>{});
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * B * H);
+}
+
+#define RNNCORE_BENCH_POINTWISE(NAME, TYPE)                                                   \
+  BENCHMARK(BM_Pointwise<TYPE>)->Name(#NAME "/pointwise")->Args({64, 128})->Args({16, 64})  \
+      ->Args({1, 32})->ArgNames({"B", "H"})->Unit(benchmark::kMicrosecond);
+RNNCORE_FOR_EACH_CELL(RNNCORE_BENCH_POINTWISE)
+#undef RNNCORE_BENCH_POINTWISE
 
 using Lstm = rnncore::LstmCell<false>;
 BENCHMARK(BM_Sequence<Lstm, Pass::Inference>)->Name("lstm/inference")->Apply(LargeGrid);
