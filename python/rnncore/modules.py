@@ -115,9 +115,9 @@ class _RNNBase(Module):
                     " (num_layers * num_directions, hidden_size)")
         return a.reshape(self._state_shape(batch, False)) if unbatched else a
 
-    def _split_hx(self, hx, batch, unbatched):
-        """hx -> (h0, c0) arrays of shape (L*D, B, H) or None."""
-        return self._check_state("h0", hx, batch, unbatched), None
+    def _split_state(self, state, batch, unbatched):
+        """The h0 argument -> (h0, c0) arrays of shape (L*D, B, H) or None."""
+        return self._check_state("h0", state, batch, unbatched), None
 
     def _pack_state(self, h, c, unbatched):
         if unbatched:
@@ -136,7 +136,7 @@ class _RNNBase(Module):
         length are zero and its final state is the one after its last valid step."""
         x, unbatched = self._check_input(x)
         T, B = x.shape[0], x.shape[1]
-        h0, c0 = self._split_hx(h0, B, unbatched)
+        h0, c0 = self._split_state(h0, B, unbatched)
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
@@ -188,8 +188,8 @@ class _RNNBase(Module):
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         return y, self._pack_state(h_n, c_n, unbatched)
 
-    def _check_grad_state(self, dstate, batch, unbatched):
-        return self._check_state("dh_n", dstate, batch, unbatched), None
+    def _check_grad_state(self, grad, batch, unbatched):
+        return self._check_state("dh_n", grad, batch, unbatched), None
 
     def backward(self, dy, dh_n=None):
         """BPTT through the last training-mode forward (consumed). Adds parameter gradients into
@@ -276,23 +276,23 @@ class _RNNBase(Module):
 class _LSTMStateMixin:
     _has_cell_state = True
 
-    def _split_hx(self, hx, batch, unbatched):
-        if hx is None:
+    def _split_state(self, state, batch, unbatched):
+        if state is None:
             return None, None
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(f"h0 (the initial state of {type(self).__name__}) must be a tuple "
-                            f"(h0, c0), got {type(hx).__name__}")
-        return (self._check_state("h0", hx[0], batch, unbatched),
-                self._check_state("c0", hx[1], batch, unbatched))
+                            f"(h0, c0), got {type(state).__name__}")
+        return (self._check_state("h0", state[0], batch, unbatched),
+                self._check_state("c0", state[1], batch, unbatched))
 
-    def _check_grad_state(self, dstate, batch, unbatched):
-        if dstate is None:
+    def _check_grad_state(self, grad, batch, unbatched):
+        if grad is None:
             return None, None
-        if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
+        if not isinstance(grad, (tuple, list)) or len(grad) != 2:
             raise TypeError(f"dh_n (the final-state gradient of {type(self).__name__}) must be "
-                            f"a tuple (dh_n, dc_n), got {type(dstate).__name__}")
-        return (self._check_state("dh_n", dstate[0], batch, unbatched),
-                self._check_state("dc_n", dstate[1], batch, unbatched))
+                            f"a tuple (dh_n, dc_n), got {type(grad).__name__}")
+        return (self._check_state("dh_n", grad[0], batch, unbatched),
+                self._check_state("dc_n", grad[1], batch, unbatched))
 
 
 class RNN(_RNNBase):
