@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-# (cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue.
+# (cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue;
+# then stacks (cell, T, B, H, targets, num_layers, bidirectional), which the stack driver runs.
 CONFIGS = [
     ("lstm", 50, 128, 1024, 1.0, 1.0),
     ("lstm", 100, 64, 256, 0.7, 0.7),
@@ -39,8 +40,9 @@ CONFIGS = [
     ("lstm", 100, 1, 32, 0.05, 0.05),
     ("gru", 100, 1, 32, 0.05, 0.05),
     ("peephole_lstm", 100, 64, 256, 0.4, None),
+    ("lstm", 100, 16, 128, None, None, 2, True),
+    ("gru", 100, 64, 256, None, None, 2, True),
 ]
-GATES = {"rnn": 1, "lstm": 4, "gru": 3, "peephole_lstm": 4}
 ONNX_TARGET = 0.8
 
 
@@ -123,7 +125,9 @@ def run(args):
     import torch
     import rnncore
     rows = []
-    for cell, T, B, H, target_fb, target_f in CONFIGS:
+    for cell, T, B, H, target_fb, target_f, *stack in CONFIGS:
+        L, bidir = stack or (1, False)
+        D = 2 if bidir else 1
         if args.only and not any(cell == o or cell.startswith(o) for o in args.only):
             continue
         if args.quick and H >= 1024:
@@ -133,17 +137,18 @@ def run(args):
             rnncore.set_num_threads(threads)
             rng = np.random.default_rng(0)
             x = rng.standard_normal((T, B, H)).astype(np.float32)
-            dy = rng.standard_normal((T, B, H)).astype(np.float32)
+            dy = rng.standard_normal((T, B, D * H)).astype(np.float32)
             ctor = {"rnn": rnncore.RNN, "lstm": rnncore.LSTM, "gru": rnncore.GRU,
                     "peephole_lstm": rnncore.PeepholeLSTM}[cell]
-            m = ctor(H, H, seed=0)
+            m = ctor(H, H, num_layers=L, bidirectional=bidir, seed=0)
             xt = torch.tensor(x, requires_grad=True)
             dyt = torch.tensor(dy)
             if cell == "peephole_lstm":
                 tm = TorchPeepholeLSTM(torch, m)
                 other = "torch loop"
             else:
-                tm = getattr(torch.nn, {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell])(H, H)
+                tm = getattr(torch.nn, {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell])(
+                    H, H, num_layers=L, bidirectional=bidir)
                 m.load_state_dict(tm.state_dict())
                 other = "torch"
 
@@ -167,11 +172,14 @@ def run(args):
             t0 = time.perf_counter()
             r_fb()
             reps = repeats_for(time.perf_counter() - t0, args.quick)
-            flops = 2.0 * T * B * GATES[cell] * H * (2 * H)
+            gates = m.params["weight_hh_l0"].shape[0] // H
+            flops = sum(2.0 * T * B * D * gates * H * ((H if layer == 0 else D * H) + H)
+                        for layer in range(L))
             rf_b, tf_b = median_times([r_fb, t_fb], reps)
-            row = {"cell": cell, "T": T, "B": B, "H": H, "threads": threads, "other": other,
+            row = {"cell": cell + ("" if L == 1 else f" x{L}") + (" bidir" if bidir else ""),
+                   "T": T, "B": B, "H": H, "threads": threads, "other": other,
                    "fb": (rf_b, tf_b, target_fb), "gflops_fb": 3 * flops / rf_b / 1e9}
-            if target_f is not None:
+            if other == "torch":  # the torch loop of the peephole LSTM is timed for training only
                 rf, tf = median_times([r_fwd, t_fwd], reps)
                 row["f"] = (rf, tf, target_f)
                 row["gflops_f"] = flops / rf / 1e9
@@ -195,7 +203,7 @@ def verdict(ratio, target, threads):
 
 
 def format_row(r):
-    s = f"{r['cell']:14s} T={r['T']:<4d} B={r['B']:<4d} H={r['H']:<5d} threads={r['threads']}"
+    s = f"{r['cell']:20s} T={r['T']:<4d} B={r['B']:<4d} H={r['H']:<5d} threads={r['threads']}"
     a, b, tgt = r["fb"]
     s += f" | fwd+bwd {a * 1e3:9.3f} ms vs {r['other']} {b * 1e3:9.3f} ms ratio {a / b:5.2f}"
     if "f" in r:
@@ -249,11 +257,11 @@ def write_markdown(rows, path, args):
     for r in rows:
         a, b, t = r["fb"]
         fb = f"{a * 1e3:.3f} / {b * 1e3:.3f} ({r['other']}) | {a / b:.2f} | "
-        fb += f"<= {t} {verdict(a / b, t, r['threads'])}" if r["threads"] == 2 else ""
+        fb += f"<= {t} {verdict(a / b, t, r['threads'])}" if r["threads"] == 2 and t else ""
         if "f" in r:
             a2, b2, t2 = r["f"]
             f = f"{a2 * 1e3:.3f} / {b2 * 1e3:.3f} | {a2 / b2:.2f} | "
-            f += f"<= {t2} {verdict(a2 / b2, t2, r['threads'])}" if r["threads"] == 2 else ""
+            f += f"<= {t2} {verdict(a2 / b2, t2, r['threads'])}" if r["threads"] == 2 and t2 else ""
             gf = f"{r['gflops_f']:.0f}, {r['gflops_fb']:.0f}"
         else:
             f, gf = "— | — | ", f"—, {r['gflops_fb']:.0f}"
