@@ -343,10 +343,12 @@ PYBIND11_MODULE(_core, m) {
   bind_dtype<double>(m, "64");
   m.def("set_num_threads", &rnncore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &rnncore::get_num_threads);
+  // The registry (cells.hpp), which the Python layer reads instead of keeping a list of its own.
   py::list cells;
-#define RNNCORE_NAME(NAME, TYPE) cells.append(#NAME);
-  RNNCORE_FOR_EACH_CELL(RNNCORE_NAME)
-#undef RNNCORE_NAME
+  for (const rnncore::CellInfo& c : rnncore::kCells)
+    cells.append(py::dict(py::arg("name") = c.name, py::arg("gates") = c.gates,
+                          py::arg("states") = c.states, py::arg("peephole_rows") = c.peephole_rows,
+                          py::arg("stash_slots") = c.stash_slots));
   m.attr("CELLS") = py::tuple(cells);
 #ifdef RNNCORE_VERSION
   m.attr("__version__") = RNNCORE_VERSION;

@@ -8,10 +8,6 @@ import numpy as np
 
 from . import _core
 
-# Cell name (as in rnncore._core.CELLS and reference.CELLS) -> gate count.
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "peephole_lstm": 4, "gru": 3, "gru_reset_before": 3}
-
-
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")

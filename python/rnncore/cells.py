@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import GATES, Module, as_array, check_shape, kernels, positive_int, workspace
+from . import _registry
+from ._base import Module, as_array, check_shape, kernels, positive_int, workspace
 
 
 class _CellBase(Module):
     _has_cell_state = False
+    variants = {}  # registry cell -> the constructor options that select it
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _registry.register(cls, _registry._CELL_CLASSES)
 
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
         super().__init__(dtype)
@@ -21,7 +27,8 @@ class _CellBase(Module):
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
         self.cell = cell
-        G, H = GATES[cell], self.hidden_size
+        self.cell_info = _registry.info(cell)
+        G, H = self.cell_info.gates, self.hidden_size
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)
         identity = cell == "rnn_relu"  # IRNN initialisation, as rnncore.RNN(nonlinearity="relu")
@@ -33,8 +40,8 @@ class _CellBase(Module):
         else:
             self._zero_bias = np.zeros(G * H, self.dtype)
             self._bias_sink = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
-        if cell == "peephole_lstm":
-            self._add_param("weight_peephole", rng.uniform(-k, k, (3, H)))
+        if self.cell_info.peephole_rows:
+            self._add_param("weight_peephole", rng.uniform(-k, k, (self.cell_info.peephole_rows, H)))
         self._steps = []  # workspaces of forward steps not yet back-propagated (LIFO)
 
     def _weights(self):
@@ -116,24 +123,27 @@ class _CellBase(Module):
 
 class RNNCell(_CellBase):
     """One step of h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
                  seed=None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, dtype, seed)
+        super().__init__(_registry.select(RNNCell, nonlinearity=nonlinearity), input_size,
+                         hidden_size, bias, dtype, seed)
 
 
 class LSTMCell(_CellBase):
     """One LSTM step; state (h, c). peephole=True adds diagonal peepholes."""
+    variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
     _has_cell_state = True
 
     def __init__(self, input_size, hidden_size, bias=True, peephole=False, dtype=np.float32,
                  seed=None):
         self.peephole = bool(peephole)
-        super().__init__("peephole_lstm" if peephole else "lstm", input_size, hidden_size, bias,
-                         dtype, seed)
+        super().__init__(_registry.select(LSTMCell, peephole=self.peephole), input_size,
+                         hidden_size, bias, dtype, seed)
 
 
 class PeepholeLSTMCell(LSTMCell):
@@ -145,9 +155,10 @@ class PeepholeLSTMCell(LSTMCell):
 
 class GRUCell(_CellBase):
     """One GRU step; reset_after selects the candidate form (see rnncore.GRU)."""
+    variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
     def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
                  seed=None):
         self.reset_after = bool(reset_after)
-        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
-                         bias, dtype, seed)
+        super().__init__(_registry.select(GRUCell, reset_after=self.reset_after), input_size,
+                         hidden_size, bias, dtype, seed)

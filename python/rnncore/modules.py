@@ -8,12 +8,18 @@ import numbers
 
 import numpy as np
 
-from ._base import (GATES, Module, as_array, bidirectional_kernels, check_lengths, check_shape,
+from . import _registry
+from ._base import (Module, as_array, bidirectional_kernels, check_lengths, check_shape,
                     kernels, positive_int, workspace)
 
 
 class _RNNBase(Module):
     _has_cell_state = False
+    variants = {}  # registry cell -> the constructor options that select it
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _registry.register(cls, _registry._MODULES)
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                  bidirectional, dtype, seed):
@@ -29,7 +35,8 @@ class _RNNBase(Module):
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.cell = cell
-        self.gates = GATES[cell]
+        self.cell_info = _registry.info(cell)
+        self.gates = self.cell_info.gates
         self._rng = np.random.default_rng(seed)
         self._tape = None
         self._workspaces = []  # one per (layer, direction), reused across training steps
@@ -56,8 +63,8 @@ class _RNNBase(Module):
                     self._add_param("bias_hh" + s, self._init_bias(u))
                 else:  # the core always takes biases: zeros in, gradients into a sink
                     self._bias_sink[s] = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
-                if self.cell == "peephole_lstm":
-                    self._add_param("weight_peephole" + s, u(3, H))
+                if self.cell_info.peephole_rows:
+                    self._add_param("weight_peephole" + s, u(self.cell_info.peephole_rows, H))
 
     def _init_weight_hh(self, uniform):
         return uniform(self.gates * self.hidden_size, self.hidden_size)
@@ -301,6 +308,7 @@ class RNN(_RNNBase):
     With nonlinearity="relu", W_hh starts as the identity and the biases at zero (Le, Jaitly &
     Hinton 2015, "IRNN"), which lets a ReLU RNN carry information over long spans from the start.
     """
+    variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, nonlinearity="tanh", dtype=np.float32,
@@ -308,7 +316,7 @@ class RNN(_RNNBase):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias,
+        super().__init__(_registry.select(RNN, nonlinearity=nonlinearity), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, dtype, seed)
 
     def _init_weight_hh(self, uniform):
@@ -328,11 +336,12 @@ class RNN(_RNNBase):
 class LSTM(_LSTMStateMixin, _RNNBase):
     """LSTM with PyTorch's gate order [i, f, g, o]; peephole=True adds diagonal peepholes
     (input and forget gates see c_{t-1}, the output gate sees c_t)."""
+    variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, peephole=False, dtype=np.float32, seed=None):
         self.peephole = bool(peephole)
-        super().__init__("peephole_lstm" if peephole else "lstm", input_size, hidden_size,
+        super().__init__(_registry.select(LSTM, peephole=self.peephole), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
 
     def _extra_repr(self):
@@ -353,11 +362,12 @@ class GRU(_RNNBase):
 
     reset_after=True (default; PyTorch, cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
     reset_after=False (Cho et al. 2014):        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)."""
+    variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None):
         self.reset_after = bool(reset_after)
-        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
+        super().__init__(_registry.select(GRU, reset_after=self.reset_after), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
 
     def _extra_repr(self):
