@@ -6,7 +6,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _core
 
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -72,25 +71,6 @@ def to_numpy(value):
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def workspace(dtype):
-    return _core.TrainingWorkspace32() if dtype == np.float32 else _core.TrainingWorkspace64()
-
-
-def kernels(dtype):
-    """(forward, backward) of the C++ core for this dtype."""
-    if dtype == np.float32:
-        return _core.forward32, _core.backward32
-    return _core.forward64, _core.backward64
-
-
-def bidirectional_kernels(dtype):
-    """(forward, backward) running both directions of a layer in one call (side by side when
-    each direction is too small to use more than one thread)."""
-    if dtype == np.float32:
-        return _core.forward_bidirectional32, _core.backward_bidirectional32
-    return _core.forward_bidirectional64, _core.backward_bidirectional64
 
 
 class Module:

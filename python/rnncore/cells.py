@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _registry
-from ._base import Module, as_array, check_shape, kernels, positive_int, workspace
+from . import _core, _registry
+from ._base import Module, as_array, check_shape, positive_int
 
 
 class _CellBase(Module):
@@ -37,21 +37,18 @@ class _CellBase(Module):
         if self.bias:
             self._add_param("bias_ih", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
             self._add_param("bias_hh", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
-        else:
-            self._zero_bias = np.zeros(G * H, self.dtype)
-            self._bias_sink = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
         if self.cell_info.peephole_rows:
             self._add_param("weight_peephole", rng.uniform(-k, k, (self.cell_info.peephole_rows, H)))
-        self._steps = []  # workspaces of forward steps not yet back-propagated (LIFO)
+        self._steps = []  # stacks (workspaces) of forward steps not yet back-propagated (LIFO)
+        self._inference_stack = self._new_stack()
 
-    def _weights(self):
-        p, g = self.params, self.grads
-        if self.bias:
-            b, db = (p["bias_ih"], p["bias_hh"]), (g["bias_ih"], g["bias_hh"])
-        else:
-            b, db = (self._zero_bias, self._zero_bias), self._bias_sink
-        return ((p["weight_ih"], p["weight_hh"], *b, p.get("weight_peephole")),
-                (g["weight_ih"], g["weight_hh"], *db, g.get("weight_peephole")))
+    # The C++ stack driver reads parameters by the sequence modules' names (weight_ih_l0, ...):
+    # views of the same live arrays under those names.
+    def _core_params(self, table):
+        return {k + "_l0": v for k, v in table.items()}
+
+    def _new_stack(self):
+        return _core.Stack(self.cell, self.input_size, self.hidden_size, 1, False, self.dtype)
 
     def _state(self, name, value, batch, unbatched):
         if value is None:
@@ -91,13 +88,15 @@ class _CellBase(Module):
         x2 = x.reshape(1, -1) if unbatched else x
         B = x2.shape[0]
         h, c = self._split(("h", "c"), state, B, unbatched)
-        ws = workspace(self.dtype) if self.training else None
-        weights, _ = self._weights()
-        fwd, _ = kernels(self.dtype)
-        _, h_new, c_new = fwd(self.cell, x2[None], h, c, *weights, None, False, ws)
-        if ws is not None:
-            self._steps.append((ws, B, unbatched))
-        return self._pack(h_new, c_new, unbatched)
+        # A training step keeps its own workspace until its backward; inference shares one.
+        stack = self._new_stack() if self.training else self._inference_stack
+        _, h_new, c_new = stack.forward(x2[None], self._core_params(self.params),
+                                        h0=None if h is None else h[None],
+                                        c0=None if c is None else c[None],
+                                        training=self.training)
+        if self.training:
+            self._steps.append((stack, B, unbatched))
+        return self._pack(h_new[0], None if c_new is None else c_new[0], unbatched)
 
     def backward(self, dstate):
         """Back-propagates the most recent forward step not yet back-propagated.
@@ -108,14 +107,16 @@ class _CellBase(Module):
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding training-mode forward step "
                 "that has not been back-propagated yet")
-        ws, B, unbatched = self._steps[-1]
+        stack, B, unbatched = self._steps[-1]
         dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
         self._steps.pop()
-        weights, grads = self._weights()
-        _, bwd = kernels(self.dtype)
-        dx, dh0, dc0 = bwd(self.cell, ws, *weights, None, dh, dc, *grads)
+        dx, dh0, dc0 = stack.backward(None, self._core_params(self.params),
+                                      self._core_params(self.grads),
+                                      dh_n=None if dh is None else dh[None],
+                                      dc_n=None if dc is None else dc[None])
         dx = dx[0]
-        return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
+        return (dx[0] if unbatched else dx), self._pack(dh0[0], None if dc0 is None else dc0[0],
+                                                         unbatched)
 
     def _drop_tape(self):
         self._steps.clear()

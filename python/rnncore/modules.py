@@ -8,9 +8,8 @@ import numbers
 
 import numpy as np
 
-from . import _registry
-from ._base import (Module, as_array, bidirectional_kernels, check_lengths, check_shape,
-                    kernels, positive_int, workspace)
+from . import _core, _registry
+from ._base import Module, as_array, check_lengths, check_shape, positive_int
 
 
 class _RNNBase(Module):
@@ -38,9 +37,12 @@ class _RNNBase(Module):
         self.cell_info = _registry.info(cell)
         self.gates = self.cell_info.gates
         self._rng = np.random.default_rng(seed)
-        self._tape = None
-        self._workspaces = []  # one per (layer, direction), reused across training steps
+        self._tape = None  # (T, B, unbatched) of the training forward that backward consumes
         self._init_params()
+        # The C++ stack: all layers and directions in one call; it keeps the training workspace
+        # between steps so its memory is reused (eval() releases it).
+        self._stack = _core.Stack(cell, self.input_size, self.hidden_size, self.num_layers,
+                                  self.bidirectional, self.dtype)
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffix(self, direction):
@@ -49,8 +51,6 @@ class _RNNBase(Module):
     def _init_params(self):
         H, G = self.hidden_size, self.gates
         k = 1.0 / np.sqrt(H)
-        self._zero_bias = np.zeros(G * H, dtype=self.dtype)
-        self._bias_sink = {}
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else H * self.num_directions
             for d in range(self.num_directions):
@@ -61,8 +61,6 @@ class _RNNBase(Module):
                 if self.bias:
                     self._add_param("bias_ih" + s, self._init_bias(u))
                     self._add_param("bias_hh" + s, self._init_bias(u))
-                else:  # the core always takes biases: zeros in, gradients into a sink
-                    self._bias_sink[s] = (np.zeros(G * H, self.dtype), np.zeros(G * H, self.dtype))
                 if self.cell_info.peephole_rows:
                     self._add_param("weight_peephole" + s, u(self.cell_info.peephole_rows, H))
 
@@ -71,21 +69,6 @@ class _RNNBase(Module):
 
     def _init_bias(self, uniform):
         return uniform(self.gates * self.hidden_size)
-
-    def _weights(self, layer, d):
-        """(w_ih, w_hh, b_ih, b_hh, w_peephole) and their gradient arrays for the core."""
-        s = f"_l{layer}{self._suffix(d)}"
-        p, g = self.params, self.grads
-        if self.bias:
-            b = (p["bias_ih" + s], p["bias_hh" + s])
-            db = (g["bias_ih" + s], g["bias_hh" + s])
-        else:
-            b = (self._zero_bias, self._zero_bias)
-            db = self._bias_sink[s]
-        peep = p.get("weight_peephole" + s)
-        dpeep = g.get("weight_peephole" + s)
-        return ((p["weight_ih" + s], p["weight_hh" + s], *b, peep),
-                (g["weight_ih" + s], g["weight_hh" + s], *db, dpeep))
 
     # ---- input checks -------------------------------------------------------------------
     def _layout(self):
@@ -147,53 +130,15 @@ class _RNNBase(Module):
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
-        # The workspaces are reused: a previous forward's tape is invalid from here on, even if
+        # The workspace is reused: a previous forward's tape is invalid from here on, even if
         # this call fails part-way.
         self._tape = None
-        fwd, _ = kernels(self.dtype)
-        fwd2, _ = bidirectional_kernels(self.dtype)
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        h_n = np.empty((L * D, B, H), self.dtype)
-        c_n = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
-        tape = {"workspaces": [], "masks": [], "shape": None} if self.training else None
-        inp = x
-        for layer in range(L):
-            args = []
-            for d in range(D):
-                i = layer * D + d
-                ws = self._workspace(i) if self.training else None
-                weights, _ = self._weights(layer, d)
-                args.append((None if h0 is None else h0[i], None if c0 is None else c0[i],
-                             *weights, ws))
-                if tape is not None:
-                    tape["workspaces"].append(ws)
-            if D == 1:
-                a = args[0]
-                results = [fwd(self.cell, inp, a[0], a[1], *a[2:7], lengths, False, a[7])]
-            else:
-                results = fwd2(self.cell, inp, lengths, args[0], args[1])
-            outs = []
-            for d, (y, hn, cn) in enumerate(results):
-                outs.append(y)
-                h_n[layer * D + d] = hn
-                if c_n is not None:
-                    c_n[layer * D + d] = cn
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-            if self.training and self.dropout > 0 and layer < L - 1:
-                mask = (self._rng.random(out.shape) >= self.dropout).astype(self.dtype)
-                mask /= self.dtype.type(1.0 - self.dropout)
-                out = out * mask
-                tape["masks"].append(mask)
-            inp = out
-        y = inp
+        seed = int(self._rng.integers(2**63)) if self.training and self.dropout > 0 else 0
+        y, h_n, c_n = self._stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
+                                          training=self.training, dropout=self.dropout, seed=seed)
         if self.training:
-            tape["shape"] = (T, B, unbatched)
-            self._tape = tape
-        if unbatched:
-            y = y[:, 0, :]
-        elif self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, self._pack_state(h_n, c_n, unbatched)
+            self._tape = (T, B, unbatched)
+        return self._from_time_major(y, unbatched), self._pack_state(h_n, c_n, unbatched)
 
     def _check_grad_state(self, grad, batch, unbatched):
         return self._check_state("dh_n", grad, batch, unbatched), None
@@ -208,61 +153,30 @@ class _RNNBase(Module):
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
                 "there is none (never run, run in eval mode, or already consumed by backward)")
-        tape = self._tape
-        T, B, unbatched = tape["shape"]
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        y_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+        T, B, unbatched = self._tape
+        DH = self.num_directions * self.hidden_size
+        y_shape = (T, DH) if unbatched else ((B, T, DH) if self.batch_first else (T, B, DH))
         dy = as_array("dy", dy, self.dtype)
         check_shape("dy", dy, y_shape, " (the shape of y)")
         dh_n, dc_n = self._check_grad_state(dh_n, B, unbatched)
         self._tape = None
-        if unbatched:
-            dy = dy[:, None, :]
-        elif self.batch_first:
-            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        _, bwd = kernels(self.dtype)
-        _, bwd2 = bidirectional_kernels(self.dtype)
-        dh0 = np.empty((L * D, B, H), self.dtype)
-        dc0 = np.empty((L * D, B, H), self.dtype) if self._has_cell_state else None
-        dout = dy
-        for layer in reversed(range(L)):
-            if layer < L - 1 and tape["masks"]:
-                dout = dout * tape["masks"][layer]
-            args = []
-            for d in range(D):
-                i = layer * D + d
-                weights, grads = self._weights(layer, d)
-                dy_d = dout if D == 1 else np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
-                args.append((tape["workspaces"][i], *weights, dy_d,
-                             None if dh_n is None else dh_n[i],
-                             None if dc_n is None else dc_n[i], *grads))
-            results = [bwd(self.cell, *args[0])] if D == 1 else bwd2(self.cell, args[0], args[1])
-            dx = None
-            for d, (dx_d, dh0_d, dc0_d) in enumerate(results):
-                dx = dx_d if dx is None else dx + dx_d
-                dh0[layer * D + d] = dh0_d
-                if dc0 is not None:
-                    dc0[layer * D + d] = dc0_d
-            dout = dx
-        dx = dout
-        if unbatched:
-            dx = dx[:, 0, :]
-        elif self.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        return dx, self._pack_state(dh0, dc0, unbatched)
+        dx, dh0, dc0 = self._stack.backward(self._to_time_major(dy, unbatched), self.params,
+                                            self.grads, dh_n=dh_n, dc_n=dc_n)
+        return self._from_time_major(dx, unbatched), self._pack_state(dh0, dc0, unbatched)
 
-    def _workspace(self, i):
-        """The C++ workspace of layer-direction i, kept between training steps so its memory is
-        reused (eval() releases them)."""
-        while len(self._workspaces) <= i:
-            self._workspaces.append(workspace(self.dtype))
-        return self._workspaces[i]
+    def _to_time_major(self, a, unbatched):
+        if unbatched:
+            return a[:, None, :]
+        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+
+    def _from_time_major(self, a, unbatched):
+        if unbatched:
+            return a[:, 0, :]
+        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
 
     def _drop_tape(self):
         self._tape = None
-        for ws in self._workspaces:
-            ws.release()
-        self._workspaces = []
+        self._stack.release()
 
     def __repr__(self):
         opts = [f"{self.input_size}", f"{self.hidden_size}"]
