@@ -225,10 +225,7 @@ class Stack {
   py::tuple backward_t(rnncore::StackWorkspace<T>& ws, const py::object& dy,
                        const py::dict& params, const py::dict& grads, const py::object& dh_n,
                        const py::object& dc_n) {
-    if (!ws.ready)
-      throw std::logic_error(
-          "backward() needs the workspace of a training-mode forward; it was never filled or was "
-          "already consumed by an earlier backward()");
+    ws.require_ready();  // before its shape is used to check dy and the states
     rnncore::StackWeights<T> w;
     w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false);
     rnncore::StackGradients<T> g;

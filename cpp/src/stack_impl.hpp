@@ -137,10 +137,7 @@ void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer
 template <class Cell, class T>
 void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy, const T* dh_n,
                     const T* dc_n, T* dx, T* dh0, T* dc0, const StackGradients<T>& grads) {
-  if (!ws.ready)
-    throw std::logic_error(
-        "backward() needs the workspace of a training-mode forward; it was never filled or was "
-        "already consumed by an earlier backward()");
+  ws.require_ready();
   const StackShape& shape = ws.shape;
   check_weight_count<T>(shape, w.layers.size(), "weights");
   check_weight_count<T>(shape, grads.layers.size(), "gradients");

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "rnncore/common.hpp"
@@ -85,6 +86,14 @@ class StackWorkspace {
   Buffer<T> between[2];                      // layer outputs (forward), then gradients (backward)
   Buffer<T> direction_buffers[2];            // one direction's y or dy, and its dx
   bool ready = false;  // set by the training forward, cleared by backward
+
+  // std::logic_error unless a training forward filled the workspace and no backward consumed it.
+  void require_ready() const {
+    if (!ready)
+      throw std::logic_error(
+          "backward() needs the workspace of a training-mode forward; it was never filled or was "
+          "already consumed by an earlier backward()");
+  }
 
   std::size_t bytes() const {
     std::size_t n = 0;
