@@ -53,10 +53,12 @@ def make_batch(rng, batch, seq_len, vocab, delay, dtype):
 
 def main(argv=None):
     import rnncore
+    from rnncore import _registry
     from rnncore.optim import Adam, clip_grad_norm
 
     ap = argparse.ArgumentParser(prog="rnncore", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cell", choices=["lstm", "peephole_lstm", "gru", "rnn"], default="lstm")
+    ap.add_argument("--cell", choices=list(_registry.CELLS), default="lstm",
+                    help="a cell of the registry (default: lstm)")
     ap.add_argument("--seq-len", type=int, default=30)
     ap.add_argument("--delay", type=int, default=5)
     ap.add_argument("--vocab", type=int, default=8)
@@ -77,9 +79,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     dtype = np.float32
-    ctor = {"lstm": rnncore.LSTM, "peephole_lstm": rnncore.PeepholeLSTM, "gru": rnncore.GRU,
-            "rnn": rnncore.RNN}[args.cell]
-    net = ctor(args.vocab, args.hidden, seed=args.seed)
+    net = _registry.make_module(args.cell, args.vocab, args.hidden, seed=args.seed)
     head = Readout(args.hidden, args.vocab, rng, dtype)
     opt = Adam([net, head], lr=args.lr)
     print(f"rnncore {rnncore.__version__}: {net!r} learns to echo each symbol {args.delay} steps "
