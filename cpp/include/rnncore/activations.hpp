@@ -9,7 +9,9 @@
 // sample stays visible instead of being silently clamped).
 //
 // float uses a polynomial exp with range reduction (max. relative error ~2e-7 in [-87, 88]);
-// double uses the C library, which is what the float64 gradient checks want.
+// double uses the C library, which is what the float64 gradient checks want. The std:: calls
+// (exp, tanh, fabs, copysign) are fine in device code: CUDA's math headers declare these
+// float/double overloads __host__ __device__ (cpp/cuda/compile_check.cu keeps that checked).
 #pragma once
 
 #include <cmath>
@@ -47,7 +49,9 @@ RNNCORE_HD float exp_impl(float x) {
   // n is in [-126, 127] after the clamp (or NaN, in which case p is NaN already).
   const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
-#if defined(__CUDACC__)
+  // __CUDA_ARCH__, not __CUDACC__: nvcc defines __CUDACC__ in its host pass too, where the
+  // device intrinsic does not exist.
+#if defined(__CUDA_ARCH__)
   scale = __int_as_float(e);
 #else
   std::memcpy(&scale, &e, sizeof scale);
