@@ -7,7 +7,7 @@ from ._core import get_num_threads, set_num_threads
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, RNNCell
 
-__version__ = "0.1.0"
+from ._core import __version__  # compiled in from CMakeLists.txt's project(VERSION), as is the wheel's
 
 __all__ = [
     "RNN", "LSTM", "PeepholeLSTM", "GRU",
