@@ -16,7 +16,7 @@ def test_main_job_loss_falls(capsys):
     assert final < 0.75 * first, out
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn", "peephole_lstm"])
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "peephole_lstm"])
 def test_main_job_other_cells_learn(cell, capsys):
     assert main(["--cell", cell, "--steps", "60", "--delay", "2", "--seq-len", "12"]) == 0
 
