@@ -31,7 +31,7 @@ class _CellBase(Module):
         G, H = self.cell_info.gates, self.hidden_size
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)
-        identity = cell == "rnn_relu"  # IRNN initialisation, as rnncore.RNN(nonlinearity="relu")
+        identity = self._identity_init()
         self._add_param("weight_ih", rng.uniform(-k, k, (G * H, self.input_size)))
         self._add_param("weight_hh", np.eye(H) if identity else rng.uniform(-k, k, (G * H, H)))
         if self.bias:
@@ -49,6 +49,10 @@ class _CellBase(Module):
 
     def _new_stack(self):
         return _core.Stack(self.cell, self.input_size, self.hidden_size, 1, False, self.dtype)
+
+    def _identity_init(self):
+        """W_hh = I and zero biases (IRNN), as rnncore.RNN(nonlinearity="relu")."""
+        return False
 
     def _state(self, name, value, batch, unbatched):
         if value is None:
@@ -133,6 +137,9 @@ class RNNCell(_CellBase):
         self.nonlinearity = nonlinearity
         super().__init__(_registry.select(RNNCell, nonlinearity=nonlinearity), input_size,
                          hidden_size, bias, dtype, seed)
+
+    def _identity_init(self):
+        return self.nonlinearity == "relu"
 
 
 class LSTMCell(_CellBase):
