@@ -1,13 +1,18 @@
-"""Shared fixtures: a seeded generator, the odd sizes that hit vector tails, and helpers that
-build a module for any cell and move parameters between rnncore and the reference."""
+"""Shared fixtures: a seeded generator, the odd sizes that hit vector tails, the registry's cells
+and helpers that build a module for any cell, find its torch twin and move parameters between
+rnncore and the reference."""
+import importlib.util
+
 import numpy as np
 import pytest
 
 import rnncore
-from rnncore import reference
+from rnncore import _registry
+from rnncore._registry import make_cell, make_module  # noqa: F401  (the tests import them from here)
+from torch_twin import torch_twin
 
 SIZES = (1, 3, 17, 65)
-CELLS = reference.CELLS
+CELLS = tuple(_registry.CELLS)  # the C++ registry's cells, in its order
 
 # reference key -> rnncore parameter name stem
 REF_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
@@ -26,26 +31,16 @@ def _default_threads():
     rnncore.set_num_threads(0)
 
 
-def make_module(cell, input_size, hidden_size, **kw):
-    """The public module that runs `cell` (a name of reference.CELLS)."""
-    if cell in ("rnn_tanh", "rnn_relu"):
-        return rnncore.RNN(input_size, hidden_size, nonlinearity=cell[4:], **kw)
-    if cell == "lstm":
-        return rnncore.LSTM(input_size, hidden_size, **kw)
-    if cell == "peephole_lstm":
-        return rnncore.PeepholeLSTM(input_size, hidden_size, **kw)
-    return rnncore.GRU(input_size, hidden_size, reset_after=(cell == "gru"), **kw)
+def has_cell_state(cell):
+    return _registry.CELLS[cell].has_cell_state
 
 
-def make_cell(cell, input_size, hidden_size, **kw):
-    """The public single-step cell that runs `cell`."""
-    if cell in ("rnn_tanh", "rnn_relu"):
-        return rnncore.RNNCell(input_size, hidden_size, nonlinearity=cell[4:], **kw)
-    if cell == "lstm":
-        return rnncore.LSTMCell(input_size, hidden_size, **kw)
-    if cell == "peephole_lstm":
-        return rnncore.PeepholeLSTMCell(input_size, hidden_size, **kw)
-    return rnncore.GRUCell(input_size, hidden_size, reset_after=(cell == "gru"), **kw)
+def cells_with_torch_twin():
+    """Parameters for the registry cells torch.nn also computes (one skipped entry when torch is
+    not installed, so the tests report why they did not run)."""
+    if importlib.util.find_spec("torch") is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="PyTorch 2.13 is not installed"))]
+    return [cell for cell in CELLS if torch_twin(cell) is not None]
 
 
 def module_params(ref_params, suffix="_l0"):
@@ -67,4 +62,9 @@ def ref_params_of(module, suffix="_l0"):
 
 def state_tuple(cell, state):
     """Module state (h or (h, c)) -> tuple."""
-    return tuple(state) if reference.has_cell_state(cell) else (state,)
+    return tuple(state) if has_cell_state(cell) else (state,)
+
+
+def pack_state(cell, states):
+    """Sequence of state arrays -> the module's form (h or (h, c))."""
+    return tuple(states) if has_cell_state(cell) else states[0]

@@ -3,14 +3,12 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import CELLS, make_cell, make_module, state_tuple
-from rnncore import reference
-
-LSTM_CELLS = ("lstm", "peephole_lstm")
+from conftest import CELLS, has_cell_state, make_cell, make_module, state_tuple
+from rnncore import _registry
 
 
 def hx_for(cell, *arrays):
-    return tuple(arrays) if cell in LSTM_CELLS else arrays[0]
+    return tuple(arrays) if has_cell_state(cell) else arrays[0]
 
 
 @pytest.fixture(params=CELLS)
@@ -80,7 +78,7 @@ def test_wrong_state_shapes_are_never_broadcast(cell):
         m(x, hx_for(cell, h_batch1, good))
     with pytest.raises(ValueError, match=r"h0 must have shape \(1, 4, 4\).* got \(4, 4\)"):
         m(x, hx_for(cell, np.zeros((4, 4)), good))
-    if cell in LSTM_CELLS:
+    if has_cell_state(cell):
         with pytest.raises(ValueError, match=r"c0 must have shape \(1, 4, 4\).* got \(1, 4, 5\)"):
             m(x, (good, np.zeros((1, 4, 5))))
 
@@ -89,7 +87,7 @@ def test_state_of_the_wrong_kind(cell):
     m = make_module(cell, 3, 4)
     x = np.zeros((5, 2, 3), np.float32)
     h = np.zeros((1, 2, 4))
-    if cell in LSTM_CELLS:
+    if has_cell_state(cell):
         with pytest.raises(TypeError, match=r"h0 \(the initial state of .*\) must be a tuple \(h0, c0\), got ndarray"):
             m(x, h)
         y, _ = m(x)
@@ -106,7 +104,7 @@ def test_keyword_names_of_the_public_api(cell, rng):
     m = make_module(cell, 3, 4)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     h = rng.standard_normal((1, 2, 4)).astype(np.float32)
-    state = (h, h.copy()) if cell in LSTM_CELLS else h
+    state = (h, h.copy()) if has_cell_state(cell) else h
     lengths = np.array([5, 3])
     y, s_n = m(x, state, lengths)
     dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -169,7 +167,7 @@ def test_cell_errors(cell):
         c(np.ones((2, 5)))
     with pytest.raises(ValueError, match=r"h must have shape \(2, 4\), got \(1, 4\)"):
         c(np.ones((2, 3)), hx_for(cell, np.ones((1, 4)), np.ones((2, 4))))
-    if cell in LSTM_CELLS:
+    if has_cell_state(cell):
         with pytest.raises(TypeError, match=r"state must be a tuple \(h, c\)"):
             c(np.ones((2, 3)), np.ones((2, 4)))
 
@@ -219,7 +217,7 @@ def test_zero_time_steps(cell, rng):
     y, st = m(np.zeros((0, 2, 3), np.float32), hx_for(cell, h0, c0))
     assert y.shape == (0, 2, 8)
     np.testing.assert_array_equal(state_tuple(cell, st)[0], h0)
-    if cell in LSTM_CELLS:
+    if has_cell_state(cell):
         np.testing.assert_array_equal(st[1], c0)
     dh = rng.standard_normal((4, 2, 4)).astype(np.float32)
     dx, ds = m.backward(y, hx_for(cell, dh, dh))
@@ -254,7 +252,7 @@ def test_length_zero_sequence_keeps_its_state(cell, rng):
     dy = rng.standard_normal(y.shape)
     dx, ds = m.backward(dy, hx_for(cell, dh, dc))
     np.testing.assert_array_equal(state_tuple(cell, ds)[0][:, 1], dh[:, 1])
-    if cell in LSTM_CELLS:
+    if has_cell_state(cell):
         np.testing.assert_array_equal(ds[1][:, 1], dc[:, 1])
     assert not dx[:, 1].any() and not dx[2:, 2].any()
 
@@ -270,7 +268,7 @@ def test_load_state_dict_errors_write_nothing(cell):
         m.load_state_dict(sd)
     sd = {k: v + 1 for k, v in m.state_dict().items()}
     sd["bias_hh_l0"] = np.zeros(5)
-    G = reference.num_gates(cell)
+    G = _registry.info(cell).gates
     with pytest.raises(ValueError, match=rf"bias_hh_l0 has shape \(5,\), expected \({G * 4},\)"):
         m.load_state_dict(sd)
     for k, v in m.state_dict().items():
@@ -299,7 +297,7 @@ def test_extreme_inputs_saturate_without_nan(bounded_cell, dtype, rng):
     x[2, 1, 3] = np.inf
     x[4, 2, 0] = -np.inf
     y, st = m(x)
-    dx, ds = m.backward(np.ones_like(y), tuple(np.ones_like(s) for s in st) if cell in LSTM_CELLS else np.ones_like(st))
+    dx, ds = m.backward(np.ones_like(y), tuple(np.ones_like(s) for s in st) if has_cell_state(cell) else np.ones_like(st))
     assert np.isfinite(y).all()
     for s in state_tuple(cell, st) + state_tuple(cell, ds):
         assert np.isfinite(s).all()

@@ -3,15 +3,14 @@ parameter, with random weights on every output and on the final states."""
 import numpy as np
 import pytest
 
-from conftest import CELLS, make_module, state_tuple
-from rnncore import reference
+from conftest import CELLS, has_cell_state, make_module, state_tuple
 
 
 def check_module(cell, rng, lengths=None, **kw):
     T, B, I, H = 4, 3, 3, 3
     m = make_module(cell, I, H, dtype=np.float64, seed=7, **kw)
     L = m.num_layers * m.num_directions
-    lstm = reference.has_cell_state(cell)
+    lstm = has_cell_state(cell)
     batch_first = kw.get("batch_first", False)
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
     s0 = [rng.standard_normal((L, B, H)) for _ in range(2 if lstm else 1)]
@@ -59,7 +58,7 @@ def test_two_layers_bidirectional_with_lengths(cell, rng):
     check_module(cell, rng, lengths=np.array([4, 0, 2]), num_layers=2, bidirectional=True)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru_reset_before", "rnn_tanh"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_batch_first_without_bias(cell, rng):
     check_module(cell, rng, batch_first=True, bias=False)
 

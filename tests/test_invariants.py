@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import CELLS, make_cell, make_module, state_tuple
-from rnncore import reference
-
-
-def pack(cell, states):
-    return tuple(states) if reference.has_cell_state(cell) else states[0]
+from conftest import CELLS, has_cell_state, make_cell, make_module, state_tuple
+from conftest import pack_state as pack
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -18,7 +14,7 @@ def test_step_by_step_cells_equal_the_sequence_module(cell, rng):
     m = make_module(cell, I, H, dtype=np.float64, seed=1)
     c = make_cell(cell, I, H, dtype=np.float64)
     c.load_state_dict({k[:-3]: v for k, v in m.params.items()})  # weight_ih_l0 -> weight_ih
-    n = 2 if reference.has_cell_state(cell) else 1
+    n = 2 if has_cell_state(cell) else 1
     x = rng.standard_normal((T, B, I))
     s0 = [rng.standard_normal((B, H)) for _ in range(n)]
     y, sn = m(x, pack(cell, [s[None] for s in s0]))
@@ -77,7 +73,7 @@ def test_padded_batch_equals_separate_runs(cell, bidirectional, rng):
     B = len(lengths)
     m = make_module(cell, I, H, dtype=np.float64, num_layers=2, bidirectional=bidirectional, seed=3)
     L = 2 * (2 if bidirectional else 1)
-    n = 2 if reference.has_cell_state(cell) else 1
+    n = 2 if has_cell_state(cell) else 1
     x = rng.standard_normal((T, B, I))
     s0 = [rng.standard_normal((L, B, H)) for _ in range(n)]
     dy = rng.standard_normal((T, B, H * L // 2))

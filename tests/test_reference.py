@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import CELLS
+from conftest import CELLS, cells_with_torch_twin, torch_twin
 from rnncore import reference
 
 
@@ -52,24 +52,20 @@ def test_reference_backward_matches_finite_differences(cell, reverse, lengths, r
         np.testing.assert_allclose(dstate[j], num, atol=1e-7, rtol=1e-6, err_msg=f"dstate{j}")
 
 
-TORCH_OF = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-            "lstm": ("LSTM", {}), "gru": ("GRU", {})}
-
-
-@pytest.mark.parametrize("cell", list(TORCH_OF))
+@pytest.mark.parametrize("cell", cells_with_torch_twin())
 @pytest.mark.parametrize("direction", ["forward", "reverse", "packed"])
 def test_reference_matches_torch(cell, direction, rng):
-    torch = pytest.importorskip("torch", reason="PyTorch 2.13 is an independent oracle")
+    import torch  # PyTorch 2.13 is an independent oracle
     T, B, I, H = 5, 4, 3, 6
-    name, kw = TORCH_OF[cell]
+    torch_cls, kw = torch_twin(cell)
     bidir = direction == "reverse"
-    tm = getattr(torch.nn, name)(I, H, bidirectional=bidir, dtype=torch.float64, **kw)
+    tm = torch_cls(I, H, bidirectional=bidir, dtype=torch.float64, **kw)
     sfx = "_l0_reverse" if bidir else "_l0"
     sd = tm.state_dict()
     p = {"w_ih": sd["weight_ih" + sfx].numpy(), "w_hh": sd["weight_hh" + sfx].numpy(),
          "b_ih": sd["bias_ih" + sfx].numpy(), "b_hh": sd["bias_hh" + sfx].numpy()}
     lengths = [5, 2, 4, 1] if direction == "packed" else None
-    lstm = cell == "lstm"
+    lstm = reference.has_cell_state(cell)
     D = 2 if bidir else 1
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((D, B, H))
