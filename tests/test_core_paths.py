@@ -1,5 +1,7 @@
-"""The fast paths of the C++ core against PyTorch 2.13 (float64): every micro-kernel tail,
-one and two threads, bidirectional directions side by side, and workspaces reused across steps.
+"""The fast paths of the C++ core against PyTorch 2.13 (float64), for the registry cells torch.nn
+also computes (conftest.torch_twin): every micro-kernel tail, one and two threads, bidirectional
+directions side by side, and workspaces reused across steps. Skipped without torch;
+test_kernel_paths.py covers the same paths for every cell against reference.py.
 
 The sizes are chosen for the kernel's blocking: batch 1..9 and 17 cover every row-tile height
 (full 8-row tiles plus each remainder), hidden sizes 1, 3, 17, 65 give panels with partial vector
@@ -9,15 +11,11 @@ import numpy as np
 import pytest
 
 import rnncore
+from conftest import cells_with_torch_twin, has_cell_state, make_module, torch_twin
 
 torch = pytest.importorskip("torch", reason="PyTorch 2.13 is the oracle of these tests")
 
-TORCH_CELLS = {
-    "rnn_tanh": (rnncore.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (rnncore.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (rnncore.LSTM, torch.nn.LSTM, {}),
-    "gru": (rnncore.GRU, torch.nn.GRU, {}),
-}
+TORCH_CELLS = cells_with_torch_twin()
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +27,15 @@ def _restore_threads():
 def run_pair(cell, T, B, I, H, threads, bidirectional=False, lengths=None, seed=0, steps=1):
     """Forward + backward in rnncore and torch on the same weights and data; returns the maximal
     absolute differences of (y, final states, dx, initial-state grads, parameter grads)."""
-    ours_cls, torch_cls, kw = TORCH_CELLS[cell]
+    torch_cls, kw = torch_twin(cell)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tm = torch_cls(I, H, bidirectional=bidirectional, dtype=torch.float64, **kw)
-    m = ours_cls(I, H, bidirectional=bidirectional, dtype=np.float64, **kw)
+    m = make_module(cell, I, H, bidirectional=bidirectional, dtype=np.float64)
     m.load_state_dict(tm.state_dict())
     rnncore.set_num_threads(threads)
     D = 2 if bidirectional else 1
-    lstm = cell == "lstm"
+    lstm = has_cell_state(cell)
     for _ in range(steps):  # steps > 1: the module's workspaces are reused
         x = rng.standard_normal((T, B, I))
         h0 = rng.standard_normal((D, B, H))
@@ -80,7 +78,7 @@ def run_pair(cell, T, B, I, H, threads, bidirectional=False, lengths=None, seed=
     return out
 
 
-@pytest.mark.parametrize("cell", list(TORCH_CELLS))
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 @pytest.mark.parametrize("H", [1, 3, 17, 65])
 def test_every_row_tile_height_and_lane_tail(cell, H):
     for B in (1, 2, 3, 4, 5, 6, 7, 8, 9, 17):
@@ -89,7 +87,7 @@ def test_every_row_tile_height_and_lane_tail(cell, H):
         assert worst[1] < 1e-11, (B, worst)
 
 
-@pytest.mark.parametrize("cell", list(TORCH_CELLS))
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 def test_two_threads_split_hidden_units(cell):
     # B * G * H^2 is large enough here for the thread-sliced time loop (and an odd H makes the
     # two slices unequal).
@@ -97,7 +95,7 @@ def test_two_threads_split_hidden_units(cell):
     assert max(errs.values()) < 1e-11, errs
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", TORCH_CELLS)
 @pytest.mark.parametrize("H,threads", [(5, 2), (65, 2), (5, 1)])
 def test_bidirectional_side_by_side_and_sequential(cell, H, threads):
     # H=5 with 2 threads: the two directions run concurrently, one thread each;
@@ -108,46 +106,9 @@ def test_bidirectional_side_by_side_and_sequential(cell, H, threads):
     assert max(errs.values()) < 1e-11, errs
 
 
-def test_workspaces_reused_across_training_steps():
+@pytest.mark.parametrize("cell", TORCH_CELLS)
+def test_workspaces_reused_across_training_steps(cell):
     # Three training steps with different data through the same module: each backward must see
     # its own forward (the workspace memory is reused, its contents must not leak across steps).
-    errs = run_pair("lstm", T=5, B=3, I=4, H=6, threads=1, bidirectional=True, steps=3)
+    errs = run_pair(cell, T=5, B=3, I=4, H=6, threads=1, bidirectional=True, steps=3)
     assert max(errs.values()) < 1e-11, errs
-
-
-def test_float32_two_threads_close_to_float64():
-    rng = np.random.default_rng(3)
-    m64 = rnncore.LSTM(33, 70, num_layers=2, dtype=np.float64, seed=1)
-    m32 = rnncore.LSTM(33, 70, num_layers=2, dtype=np.float32)
-    m32.load_state_dict(m64.state_dict())
-    x = rng.standard_normal((6, 19, 33))
-    dy = rng.standard_normal((6, 19, 70))
-    rnncore.set_num_threads(2)
-    y32, _ = m32(x)
-    dx32, _ = m32.backward(dy)
-    rnncore.set_num_threads(1)
-    y64, _ = m64(x)
-    dx64, _ = m64.backward(dy)
-    assert y32.dtype == np.float32 and dx32.dtype == np.float32
-    np.testing.assert_allclose(y32, y64, atol=2e-6, rtol=1e-4)
-    np.testing.assert_allclose(dx32, dx64, atol=2e-6, rtol=1e-4)
-    for k in m64.grads:
-        np.testing.assert_allclose(m32.grads[k], m64.grads[k], atol=2e-5, rtol=1e-4, err_msg=k)
-
-
-def test_same_thread_count_is_bitwise_reproducible():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((7, 17, 40)).astype(np.float32)
-    dy = rng.standard_normal((7, 17, 2 * 96)).astype(np.float32)
-    rnncore.set_num_threads(2)
-    results = []
-    for _ in range(2):
-        m = rnncore.GRU(40, 96, bidirectional=True, seed=5)
-        y, h = m(x)
-        dx, dh = m.backward(dy)
-        results.append((y, h, dx, dh, [g.copy() for g in m.grads.values()]))
-    a, b = results
-    for u, v in zip(a[:4], b[:4]):
-        assert np.array_equal(u, v)
-    for u, v in zip(a[4], b[4]):
-        assert np.array_equal(u, v)
