@@ -12,6 +12,11 @@ median of all runs. float32, input_size = hidden_size. "fwd" is inference
 random output gradient (torch: autograd with requires_grad input). Ratios are rnncore / other:
 lower is better for rnncore. GFLOP/s counts the GEMM work only: forward 2*T*B*G*H*(I+H), backward
 twice that.
+
+Before timing a config, its rnncore module (built by rnncore._registry.make_module) and its
+torch counterpart (the torch.nn class the tests' rule in tests/torch_twin.py picks, or the torch
+loop written for a cell torch lacks) run once on the same weights and data; outputs and
+gradients must agree within float32 tolerance, or the run stops with a message.
 """
 from __future__ import annotations
 
@@ -27,7 +32,10 @@ import time
 
 import numpy as np
 
-# (cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue;
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from torch_twin import torch_twin  # noqa: E402  (the tests' rule: one place for both)
+
+# (registry cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue;
 # then stacks (cell, T, B, H, targets, num_layers, bidirectional), which the stack driver runs.
 CONFIGS = [
     ("lstm", 50, 128, 1024, 1.0, 1.0),
@@ -35,7 +43,7 @@ CONFIGS = [
     ("gru", 100, 64, 256, 0.7, 0.7),
     ("lstm", 100, 16, 128, 0.3, 0.3),
     ("gru", 100, 16, 128, 0.3, 0.3),
-    ("rnn", 100, 16, 128, 0.3, 0.3),
+    ("rnn_tanh", 100, 16, 128, 0.3, 0.3),
     ("lstm", 200, 1, 256, 0.3, 0.3),
     ("lstm", 100, 1, 32, 0.05, 0.05),
     ("gru", 100, 1, 32, 0.05, 0.05),
@@ -74,7 +82,9 @@ def repeats_for(seconds_per_run, quick):
 
 
 class TorchPeepholeLSTM:
-    """The Python loop of tensor ops a PyTorch user writes today for a peephole LSTM."""
+    """The Python loop of tensor ops a PyTorch user writes today for a peephole LSTM (one layer,
+    one direction)."""
+    cell = "peephole_lstm"
 
     def __init__(self, torch, m):
         self.torch = torch
@@ -102,6 +112,56 @@ class TorchPeepholeLSTM:
         return torch.stack(ys), (h, c)
 
 
+# Torch loops for registry cells torch.nn has no module for, each naming the cell it computes.
+TORCH_LOOPS = (TorchPeepholeLSTM,)
+
+# float32 agreement: |ours - theirs| <= ATOL + RTOL * (largest |theirs| in the array); the
+# gradients of weights sum T*B products, so they are compared relative to their scale.
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def torch_counterpart(torch, cell, m, L, bidir):
+    """(torch module or loop, label) computing the same as rnncore module m, same weights."""
+    twin = torch_twin(cell)
+    if twin is not None:
+        cls, kwargs = twin
+        tm = cls(m.input_size, m.hidden_size, num_layers=L, bidirectional=bidir, **kwargs)
+        m.load_state_dict(tm.state_dict())
+        return tm, "torch"
+    for loop in TORCH_LOOPS:
+        if loop.cell == cell and L == 1 and not bidir:
+            return loop(torch, m), "torch loop"
+    raise SystemExit(f"compare.py: no torch counterpart for {cell} (num_layers={L}, "
+                     f"bidirectional={bidir})")
+
+
+def check_agreement(torch, m, tm, other, x, dy, label):
+    """One training forward + backward in both; SystemExit naming the first quantity that
+    differs beyond float32 tolerance."""
+    m.train()
+    m.zero_grad()
+    y, state = m(x)
+    dx, _ = m.backward(dy)
+    h_n = state[0] if isinstance(state, tuple) else state
+    xt = torch.tensor(x, requires_grad=True)
+    params = dict(tm.named_parameters()) if other == "torch" else tm.p
+    for p in params.values():
+        p.grad = None
+    yt, st = tm(xt)
+    yt.backward(torch.tensor(dy))
+    ht = st[0] if isinstance(st, tuple) else st
+    pairs = [("y", y, yt), ("h_n", h_n, ht.reshape(h_n.shape)), ("dx", dx, xt.grad)]
+    pairs += [(f"grad {name}", m.grads[name], p.grad) for name, p in params.items()]
+    for name, ours, theirs in pairs:
+        theirs = theirs.detach().numpy()
+        err = float(np.abs(ours - theirs).max())
+        bound = ATOL + RTOL * float(np.abs(theirs).max())
+        if not err <= bound:
+            raise SystemExit(f"compare.py: rnncore and {other} disagree on {label}: {name} differs "
+                             f"by {err:.3g} (allowed {bound:.3g}); not timing a wrong result")
+    m.zero_grad()
+
+
 def onnx_session(torch, tm, x, threads):
     import warnings
 
@@ -124,6 +184,7 @@ def onnx_session(torch, tm, x, threads):
 def run(args):
     import torch
     import rnncore
+    from rnncore._registry import make_module
     rows = []
     for cell, T, B, H, target_fb, target_f, *stack in CONFIGS:
         L, bidir = stack or (1, False)
@@ -132,25 +193,20 @@ def run(args):
             continue
         if args.quick and H >= 1024:
             continue
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H)).astype(np.float32)
+        dy = rng.standard_normal((T, B, D * H)).astype(np.float32)
+        m = make_module(cell, H, H, num_layers=L, bidirectional=bidir, seed=0)
+        tm, other = torch_counterpart(torch, cell, m, L, bidir)
+        xt = torch.tensor(x, requires_grad=True)
+        dyt = torch.tensor(dy)
+        torch.set_num_threads(args.threads[0])
+        rnncore.set_num_threads(args.threads[0])
+        check_agreement(torch, m, tm, other, x, dy, f"{cell} T={T} B={B} H={H} layers={L}"
+                        f"{' bidirectional' if bidir else ''}")
         for threads in args.threads:
             torch.set_num_threads(threads)
             rnncore.set_num_threads(threads)
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((T, B, H)).astype(np.float32)
-            dy = rng.standard_normal((T, B, D * H)).astype(np.float32)
-            ctor = {"rnn": rnncore.RNN, "lstm": rnncore.LSTM, "gru": rnncore.GRU,
-                    "peephole_lstm": rnncore.PeepholeLSTM}[cell]
-            m = ctor(H, H, num_layers=L, bidirectional=bidir, seed=0)
-            xt = torch.tensor(x, requires_grad=True)
-            dyt = torch.tensor(dy)
-            if cell == "peephole_lstm":
-                tm = TorchPeepholeLSTM(torch, m)
-                other = "torch loop"
-            else:
-                tm = getattr(torch.nn, {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell])(
-                    H, H, num_layers=L, bidirectional=bidir)
-                m.load_state_dict(tm.state_dict())
-                other = "torch"
 
             def r_fwd():
                 m.eval()
@@ -315,7 +371,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few repeats, skip H=1024")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", nargs="+", help="cells to run (prefix match): lstm gru rnn peephole")
+    ap.add_argument("--only", nargs="+", help="registry cells to run (prefix match): lstm gru rnn peephole")
     ap.add_argument("--markdown", help="write a Markdown table here")
     ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
     ap.add_argument("--memory", action="store_true", help="memory measurements only")
