@@ -3,22 +3,30 @@ import numpy as np
 import pytest
 
 import rnncore
+from conftest import CELLS
 from rnncore.__main__ import main
 from rnncore.optim import SGD, Adam, clip_grad_norm
+
+
+def first_and_final_loss(out):
+    last = [line for line in out.splitlines() if line.startswith("loss ")][-1]
+    return float(last.split()[1]), float(last.split()[3])
 
 
 def test_main_job_loss_falls(capsys):
     assert main(["--steps", "80", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    last = [line for line in out.splitlines() if line.startswith("loss ")][-1]
-    first, final = float(last.split()[1]), float(last.split()[3])
+    first, final = first_and_final_loss(out)
     assert first > 1.9  # chance level, ln 8 = 2.08
     assert final < 0.75 * first, out
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "peephole_lstm"])
-def test_main_job_other_cells_learn(cell, capsys):
+@pytest.mark.parametrize("cell", CELLS)
+def test_main_job_every_cell_learns(cell, capsys):
     assert main(["--cell", cell, "--steps", "60", "--delay", "2", "--seq-len", "12"]) == 0
+    out = capsys.readouterr().out
+    first, final = first_and_final_loss(out)
+    assert final < 0.75 * first, out
 
 
 def test_main_job_rejects_bad_arguments():
