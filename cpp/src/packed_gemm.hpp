@@ -17,8 +17,8 @@
 #include <cstring>
 #include <utility>
 
+#include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
-#include "rnncore/sequence.hpp"
 
 namespace rnncore {
 namespace detail {
