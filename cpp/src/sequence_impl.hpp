@@ -424,9 +424,10 @@ class InferenceSteps {
     chunk_begin_ = first_step;
     chunk_end_ = std::min(sc.steps, first_step + buf_.chunk_steps);
     gather_steps(sc, chunk_begin_, chunk_end_, call_.x, I, buf_.x_chunk.data(), thread_, threads_);
+    // Every thread projects every row of the chunk, which all of them gathered.
     if (threads_ > 1) {
 #pragma omp barrier
-    }  // every thread projects every row of the chunk, gathered by all of them
+    }
     const Index rows = sc.offsets[chunk_end_] - sc.offsets[chunk_begin_];
     packed_gemm(rows, buf_.x_chunk.data(), I, w_ih_, gx_, gx_width, false);
     add_bias_rows(rows, gx_width, gx_, gx_width, b_ih_);
