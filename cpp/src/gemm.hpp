@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "rnncore/common.hpp"
+#include "thread_split.hpp"
 
 namespace rnncore {
 namespace detail {
@@ -50,20 +51,6 @@ void gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index
   assign_or_add(C, view(a, k, m, lda).transpose() * view(b, k, n, ldb), accumulate);
 }
 
-// Splits [0, n) into `parts` contiguous ranges whose inner bounds are multiples of `align`.
-inline Index split_point(Index n, int part, int parts, Index align) {
-  if (part >= parts) return n;
-  const Index p = (n * part / parts) / align * align;
-  return std::min(p, n);
-}
-
-// Threads worth using for a GEMM of 2*m*n*k flops (each thread gets at least ~2 MFLOP).
-inline int gemm_threads(Index m, Index n, Index k, int max_threads) {
-  const double flops = 2.0 * double(m) * double(n) * double(k);
-  const int t = int(std::min<double>(max_threads, flops / 2e6));
-  return std::max(1, t);
-}
-
 // The weight gradients dW = dG^T X (one-off products with a transposed operand, which Eigen
 // packs well): C's rows or columns, whichever are more, split across threads; each part is
 // computed by exactly one thread in a fixed order, so results do not depend on scheduling.
@@ -75,7 +62,8 @@ void parallel_gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T*
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
   for (int p = 0; p < threads; ++p) {
     const Index len = split_rows ? m : n;
-    const Index lo = split_point(len, p, threads, 16), hi = split_point(len, p + 1, threads, 16);
+    const Index lo = split_point(len, p, threads, kThreadSplitAlign);
+    const Index hi = split_point(len, p + 1, threads, kThreadSplitAlign);
     if (hi <= lo) continue;
     if (split_rows)
       gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, accumulate);

@@ -5,9 +5,10 @@
 // Why not Eigen's GEMM here: it repacks both operands on every call, and the weights are the
 // same for all T steps; at small batch the repacking is most of the work. PackedWeights stores W
 // once in panels of one SIMD vector's width L: panel q holds, for each kk, the L values
-// W[qL .. qL+L-1][kk] (zero past n). The micro-kernel keeps an MR x NP block of C in vector
-// registers, reading one vector per panel and broadcasting one A value per row at each kk. NP is
-// chosen per MR so that accumulators, the NP loads and the broadcast fit in the register file:
+// W[qL .. qL+L-1][kk] (zero past n). The micro-kernel keeps an MR x Panels block of C in vector
+// registers (MR rows, Panels panels), reading one vector per panel and broadcasting one A value
+// per row at each kk. Panels is chosen per MR so that the accumulators, one load per panel and
+// the broadcast fit in the register file:
 // with MR = 1 (batch 1) it still has 8 independent FMA chains, which a plain GEMV would not.
 // The vector type comes from GCC's vector extensions, so the same source compiles to AVX-512,
 // AVX2 or SSE2 code according to RNNCORE_SIMD.
@@ -17,8 +18,9 @@
 #include <cstring>
 #include <utility>
 
+#include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
-#include "rnncore/sequence.hpp"
+#include "thread_split.hpp"
 
 namespace rnncore {
 namespace detail {
@@ -60,10 +62,11 @@ inline typename Vec<T>::type splat(const T* x) {
   return splat_impl<typename Vec<T>::type>(x, std::make_index_sequence<kLanes<T>>{});
 }
 
-// Panels per micro-kernel call for MR rows: MR*NP accumulators + NP loads + 1 broadcast.
+// Panels per micro-kernel call for MR rows: MR*panels accumulators + one load per panel + 1
+// broadcast.
 constexpr int panels_for_rows(int mr) {
-  const int np = (kVectorRegisters - 1) / (mr + 1);
-  return np < 1 ? 1 : (np > 8 ? 8 : np);
+  const int panels = (kVectorRegisters - 1) / (mr + 1);
+  return panels < 1 ? 1 : (panels > 8 ? 8 : panels);
 }
 inline constexpr int kMaxRows = kVectorRegisters >= 32 ? 8 : 6;
 
@@ -99,28 +102,28 @@ class PackedWeights {
   }
 };
 
-template <class T, int MR, int NP>
+template <class T, int MR, int Panels>
 inline void micro_kernel(Index k, const T* a, Index lda, const T* wp,
                          Index panel_stride, Index col0, Index n, T* c, Index ldc,
                          bool accumulate) {
   using V = typename Vec<T>::type;
   constexpr int L = kLanes<T>;
-  V acc[MR][NP];
+  V acc[MR][Panels];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) acc[r][p] = V{};
+    for (int p = 0; p < Panels; ++p) acc[r][p] = V{};
   Index kk = 0;
   if constexpr (MR == 1) {
     // One row: every accumulator is a chain of k dependent FMAs. A second set for odd kk
     // halves the chain length so the FMA latency is hidden.
-    V odd[NP];
+    V odd[Panels];
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) odd[p] = V{};
+    for (int p = 0; p < Panels; ++p) odd[p] = V{};
     for (; kk + 1 < k; kk += 2) {
       const V a0 = splat(a + kk), a1 = splat(a + kk + 1);
 #pragma GCC unroll 8
-      for (int p = 0; p < NP; ++p) {
+      for (int p = 0; p < Panels; ++p) {
         V w0, w1;
         std::memcpy(&w0, wp + p * panel_stride + kk * L, sizeof(V));
         std::memcpy(&w1, wp + p * panel_stride + (kk + 1) * L, sizeof(V));
@@ -129,23 +132,23 @@ inline void micro_kernel(Index k, const T* a, Index lda, const T* wp,
       }
     }
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) acc[0][p] += odd[p];
+    for (int p = 0; p < Panels; ++p) acc[0][p] += odd[p];
   }
   for (; kk < k; ++kk) {
-    V w[NP];
+    V w[Panels];
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) std::memcpy(&w[p], wp + p * panel_stride + kk * L, sizeof(V));
+    for (int p = 0; p < Panels; ++p) std::memcpy(&w[p], wp + p * panel_stride + kk * L, sizeof(V));
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const V ar = splat(a + r * lda + kk);
 #pragma GCC unroll 8
-      for (int p = 0; p < NP; ++p) acc[r][p] += ar * w[p];
+      for (int p = 0; p < Panels; ++p) acc[r][p] += ar * w[p];
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) {
+    for (int p = 0; p < Panels; ++p) {
       const Index col = col0 + p * L;
       T* dst = c + r * ldc + col;
       if (col + L <= n) {
@@ -169,12 +172,12 @@ inline void micro_kernel(Index k, const T* a, Index lda, const T* wp,
 template <class T, int MR>
 void row_block(Index k, const T* a, Index lda, const PackedWeights<T>& w,
                const T* wp, T* c, Index ldc, bool accumulate) {
-  constexpr int NP = panels_for_rows(MR);
+  constexpr int Panels = panels_for_rows(MR);
   constexpr int L = kLanes<T>;
   const Index stride = w.k * L;
   Index q = 0;
-  for (; q + NP <= w.panels; q += NP)
-    micro_kernel<T, MR, NP>(k, a, lda, wp + q * stride, stride, q * L, w.n, c, ldc,
+  for (; q + Panels <= w.panels; q += Panels)
+    micro_kernel<T, MR, Panels>(k, a, lda, wp + q * stride, stride, q * L, w.n, c, ldc,
                             accumulate);
   for (; q < w.panels; ++q)
     micro_kernel<T, MR, 1>(k, a, lda, wp + q * stride, stride, q * L, w.n, c, ldc,
@@ -190,13 +193,18 @@ void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>
   }
 }
 
+// Bytes of A (a row chunk times one k-block) the packed kernel works on at a time, so that block
+// stays in L2 while every panel group of the weights passes over it: 256 KiB, an eighth of the
+// 2 MB L2 per core of the machine in bench/PROFILE.md. Chosen with that margin, not tuned.
+inline constexpr Index kRowChunkBytes = Index(1) << 18;
+
 // C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k), A row-major (lda).
 // Blocking: k in blocks of kKBlock (a k-block of a panel group then fits in L1); rows in chunks
-// whose A block stays in L2; within a chunk, full blocks of kMaxRows rows go panel group by
-// panel group, so each group of weights is loaded once per chunk and reused by every row block
-// (at H = 1024 a thread's weights are 8 MB: streaming them once per row block would be 16
-// passes over L3). The remaining rows (all of them at small batch) go row block by row block
-// with the widest panel count their register budget allows.
+// of kRowChunkBytes of A, which stays in L2; within a chunk, full blocks of kMaxRows rows go
+// panel group by panel group, so each group of weights is loaded once per chunk and reused by
+// every row block (at H = 1024 a thread's weights are 8 MB: streaming them once per row block
+// would be 16 passes over L3). The remaining rows (all of them at small batch) go row block by
+// row block with the widest panel count their register budget allows.
 template <class T>
 void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c,
                  Index ldc, bool accumulate) {
@@ -206,7 +214,7 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
       for (Index r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + w.n, T(0));
     return;
   }
-  constexpr int MR = kMaxRows, NP = panels_for_rows(MR), L = kLanes<T>;
+  constexpr int MR = kMaxRows, Panels = panels_for_rows(MR), L = kLanes<T>;
   constexpr Index kKBlock = 256;
   const Index full = m / MR * MR, stride = w.k * L;
   for (Index k0 = 0; k0 < w.k; k0 += kKBlock) {
@@ -214,13 +222,13 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
     const bool acc = accumulate || k0 > 0;
     const T* ak0 = a + k0;
     const T* wp = w.data.data() + k0 * L;
-    const Index chunk = std::max<Index>(MR, (Index(1) << 18) / Index(sizeof(T) * kc) / MR * MR);
+    const Index chunk = std::max<Index>(MR, kRowChunkBytes / Index(sizeof(T) * kc) / MR * MR);
     for (Index c0 = 0; c0 < full; c0 += chunk) {
       const Index c1 = std::min(full, c0 + chunk);
       Index q = 0;
-      for (; q + NP <= w.panels; q += NP)
+      for (; q + Panels <= w.panels; q += Panels)
         for (Index r0 = c0; r0 < c1; r0 += MR)
-          micro_kernel<T, MR, NP>(kc, ak0 + r0 * lda, lda, wp + q * stride, stride, q * L,
+          micro_kernel<T, MR, Panels>(kc, ak0 + r0 * lda, lda, wp + q * stride, stride, q * L,
                                   w.n, c + r0 * ldc, ldc, acc);
       for (; q < w.panels; ++q)
         for (Index r0 = c0; r0 < c1; r0 += MR)
@@ -239,10 +247,11 @@ template <class T>
 void parallel_packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w,
                           T* c, Index ldc, bool accumulate, int max_threads) {
   if (m <= 0 || w.n <= 0) return;
-  const int threads = std::max(1, std::min<int>(max_threads, int(2.0 * m * w.n * w.k / 2e6)));
+  const int threads = gemm_threads(m, w.n, w.k, max_threads);
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
   for (int p = 0; p < threads; ++p) {
-    const Index lo = m * p / threads / 16 * 16, hi = p + 1 == threads ? m : m * (p + 1) / threads / 16 * 16;
+    const Index lo = split_point(m, p, threads, kThreadSplitAlign);
+    const Index hi = split_point(m, p + 1, threads, kThreadSplitAlign);
     if (hi > lo) packed_gemm(hi - lo, a + lo * lda, lda, w, c + lo * ldc, ldc, accumulate);
   }
 }

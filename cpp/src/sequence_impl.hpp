@@ -1,12 +1,28 @@
 // The sequence driver (internal): forward (inference and training) and BPTT for any cell of
 // cells.hpp. Included by one .cpp per cell family, which instantiates it.
 //
-// Threading: one OpenMP team lives for the whole time loop. Thread p owns hidden units
-// [j0, j1): it packs the rows of W_hh that produce those units (all gates, so the pointwise step
-// of its units needs nothing from other threads), computes that slice of every step's recurrent
-// product and runs the pointwise sweep on it. The only synchronisation is one barrier per step
-// and phase, because the next recurrent product needs the whole h_{t-1}. Backward splits the same
-// way: thread p owns the columns [j0, j1) of dL/dh_{t-1} = dG W_hh.
+// Threading: one OpenMP team lives for the whole time loop. Each thread owns a slice of the
+// hidden units [slice.begin, slice.end): it packs the rows of W_hh that produce those units (all
+// gates, so the pointwise step of its units needs nothing from other threads), computes that
+// slice of every step's recurrent product and runs the pointwise sweep on it. The only
+// synchronisation is one barrier per step and phase, because the next recurrent product needs the
+// whole h_{t-1}. Backward splits the same way: a thread owns the columns [slice.begin, slice.end)
+// of dL/dh_{t-1} = dG W_hh.
+//
+// Words used below beyond the shape letters of common.hpp (T, B, I, H, G, N):
+//   slice        the hidden units one thread owns; slice.width units wide
+//   phase        one recurrent product and the pointwise work it feeds; a step has Cell::kPhases
+//                of them (2 for GRU reset-before, whose n-gate product needs r first), see
+//                cells/pointwise.hpp
+//   stash        the training record of one (step, sequence) row: Cell::kStashSlots H-wide slots,
+//                stash_width values; backward overwrites it with the gate gradients
+//   packed rows  the N valid (step, sequence) pairs in step order (schedule.hpp)
+//
+// Forward:  record_training_inputs (training) | InferenceBuffers (inference)
+//           -> forward_time_loop: per thread pack_recurrent_slice, then per step
+//              rows_of_step -> forward_step -> write_step_outputs
+// Backward: BackwardTimeLoop (per step: pointwise_backward, then the recurrent GEMM per phase)
+//           -> add_input_weight_gradients, add_recurrent_weight_gradients, input_gradient
 #pragma once
 
 #include <algorithm>
@@ -14,6 +30,7 @@
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <omp.h>
 
@@ -21,48 +38,94 @@
 #include "packed_gemm.hpp"
 #include "rnncore/runtime.hpp"
 #include "rnncore/sequence.hpp"
+#include "thread_split.hpp"
 
 namespace rnncore {
 namespace detail {
 
-template <int N, class F>
+// ---- tuning constants -------------------------------------------------------------------------
+
+// A second thread for the time loop pays off once a step's cost, its flops 2*B*G*H*H or the bytes
+// of W_hh it streams (G*H*H values), whichever is larger, outweighs a barrier per step (about a
+// microsecond). Set between two measured configurations (bench/PROFILE.md, "Threads"): RNN
+// 100/16/128 (5.2e5 flops per step) gains nothing from a second thread; batch-1 LSTM H=256
+// (1.05e6 bytes of W_hh per step) runs 1.95x faster on two.
+inline constexpr double kMinStepCostForThreads = 6e5;
+
+// Fewest hidden units per thread of the time loop: one AVX-512 vector of floats, so no thread's
+// pointwise sweep is mostly vector tail. A choice, not measured against other values.
+inline constexpr Index kMinUnitsPerThread = 16;
+
+// Slices of the hidden units start at multiples of 8 units (a 256-bit vector of floats, a 512-bit
+// one of doubles), so a thread's pointwise sweep starts on a vector boundary of the row. A
+// choice, not measured against other values.
+inline constexpr Index kSliceAlign = 8;
+
+// Packed rows per inference input-projection chunk (fewer when one step has more rows): bounds
+// inference memory at about kInferenceChunkRows * G * H values whatever T is, while the
+// projection still runs as a large GEMM: the 1024-row chunk product measured 90-100% of FMA
+// peak (bench/PROFILE.md, item 8). Not tuned against other values.
+inline constexpr Index kInferenceChunkRows = 1024;
+
+// ---- small helpers ----------------------------------------------------------------------------
+
+// Calls f(std::integral_constant<int, phase>) for each phase, in order or reversed.
+template <int Phases, class F>
 void for_each_phase(F&& f) {
   [&]<int... P>(std::integer_sequence<int, P...>) {
     (f(std::integral_constant<int, P>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
+  }(std::make_integer_sequence<int, Phases>{});
 }
-template <int N, class F>
+template <int Phases, class F>
 void for_each_phase_reversed(F&& f) {
   [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, N - 1 - P>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
+    (f(std::integral_constant<int, Phases - 1 - P>{}), ...);
+  }(std::make_integer_sequence<int, Phases>{});
 }
 
-// Contiguous slices of the hidden units, one per thread, inner bounds multiples of 8.
-struct UnitSplit {
+// The hidden units [begin, end) one thread of the time loop owns.
+struct UnitSlice {
+  Index begin = 0, end = 0, width = 0;
+};
+
+// Contiguous slices of the hidden units, one per thread, inner bounds multiples of kSliceAlign.
+struct UnitSlices {
   std::vector<Index> bounds;
   Index widest = 0;
-  UnitSplit(Index hidden, int threads) : bounds(threads + 1) {
-    for (int p = 0; p <= threads; ++p) bounds[p] = split_point(hidden, p, threads, 8);
+  UnitSlices(Index hidden, int threads) : bounds(threads + 1) {
+    for (int p = 0; p <= threads; ++p) bounds[p] = split_point(hidden, p, threads, kSliceAlign);
     for (int p = 0; p < threads; ++p) widest = std::max(widest, bounds[p + 1] - bounds[p]);
+  }
+  UnitSlice operator[](int thread) const {
+    return {bounds[thread], bounds[thread + 1], bounds[thread + 1] - bounds[thread]};
   }
 };
 
-// Threads for the time loop. A step streams the recurrent weights (G*H*H values) and does
-// 2*B*G*H*H flops; a second thread pays off once either is large enough to outweigh a barrier
-// per step (about a microsecond). Batch-1 steps are bound by the weight stream, which two cores
-// read twice as fast; a small batch with small weights is not worth the barrier.
-// (Measured: RNN 100/16/128 gains nothing from 2 threads, LSTM 200/1/256 gains 1.5x.)
+// Threads for the time loop of a step with `rows` active rows (see kMinStepCostForThreads).
 template <class Cell, class T>
-int step_threads(Index rows, Index hidden) {
+int time_loop_threads(Index rows, Index hidden) {
   const int max_threads = get_num_threads();
   const double weights = double(Cell::kGates) * double(hidden) * double(hidden);
   const double cost = std::max(2.0 * double(rows) * weights, weights * double(sizeof(T)));
-  if (max_threads <= 1 || cost < 6e5) return 1;
-  return int(std::max<Index>(1, std::min<Index>(max_threads, hidden / 16)));
+  if (max_threads <= 1 || cost < kMinStepCostForThreads) return 1;
+  return int(std::max<Index>(1, std::min<Index>(max_threads, hidden / kMinUnitsPerThread)));
 }
 
-// dst rows in step order from x (T, B, width) in time order.
+// The thread split of one call's time loop, forward and backward alike.
+struct TimeLoopSplit {
+  Index max_batch;  // active rows of the first step: the most any step has
+  int threads;
+  UnitSlices slices;
+};
+template <class Cell, class T>
+TimeLoopSplit time_loop_split(const Schedule& sc, Index hidden) {
+  const Index max_batch = sc.steps > 0 ? sc.batch_sizes[0] : 0;
+  const int threads = time_loop_threads<Cell, T>(max_batch, hidden);
+  return {max_batch, threads, UnitSlices(hidden, threads)};
+}
+
+// Packed rows [offsets[first_step], offsets[last_step]) of x (T, B, width) in time order, into
+// dst in step order; this call copies part `part` of `parts`.
 template <class T>
 void gather_steps(const Schedule& sc, Index first_step, Index last_step, const T* x, Index width,
                   T* dst, int part, int parts) {
@@ -90,10 +153,12 @@ void add_bias_rows(Index rows, Index cols, T* dst, Index ld, const T* bias) {
 // dst[k] += sum over rows of src[row, k]; columns split over threads, rows summed in order.
 template <class T>
 void add_column_sums(Index rows, Index cols, const T* src, Index ld, T* dst, int max_threads) {
-  const int threads = int(std::max<Index>(1, std::min<Index>(max_threads, rows * cols / 65536)));
+  const int threads =
+      int(std::max<Index>(1, std::min<Index>(max_threads, rows * cols / kMinValuesPerThread)));
 #pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
   for (int p = 0; p < threads; ++p) {
-    const Index lo = split_point(cols, p, threads, 16), hi = split_point(cols, p + 1, threads, 16);
+    const Index lo = split_point(cols, p, threads, kThreadSplitAlign);
+    const Index hi = split_point(cols, p + 1, threads, kThreadSplitAlign);
     for (Index r = 0; r < rows; ++r) {
       const T* s = src + r * ld;
 #pragma omp simd
@@ -102,13 +167,21 @@ void add_column_sums(Index rows, Index cols, const T* src, Index ld, T* dst, int
   }
 }
 
-// Initial state in sorted row order (zeros when src is null).
+// A state (B, H) in batch order into sorted row order (zeros when src is null).
 template <class T>
 void gather_state(const Schedule& sc, Index hidden, const T* src, T* dst) {
   for (Index r = 0; r < sc.batch; ++r) {
     if (src) std::memcpy(dst + r * hidden, src + sc.order[r] * hidden, sizeof(T) * hidden);
     else std::fill(dst + r * hidden, dst + (r + 1) * hidden, T(0));
   }
+}
+
+// A state in sorted row order back into batch order (nothing when dst is null).
+template <class T>
+void scatter_state(const Schedule& sc, Index hidden, const T* src, T* dst) {
+  if (!dst) return;
+  for (Index r = 0; r < sc.batch; ++r)
+    std::memcpy(dst + sc.order[r] * hidden, src + r * hidden, sizeof(T) * hidden);
 }
 
 // out (rows x n) = x (rows x I) * w^T for w (n x I): the weights packed once, rows split across
@@ -122,323 +195,552 @@ void input_projection(Index rows, const T* x, Index I, const T* w, Index n, T* o
   parallel_packed_gemm(rows, x, I, packed, out, ldo, false, max_threads);
 }
 
-template <class Cell, class T, bool kTrain>
-void forward_impl(const SequenceShape& shape, const LayerWeights<T>& w, const T* x, const T* h0,
-                  const T* c0, const Schedule& sc, T* y, T* h_n, T* c_n,
-                  TrainingWorkspace<T>* ws) {
-  constexpr int G = Cell::kGates, NP = Cell::kPhases;
-  constexpr bool kCell = Cell::kHasCellState;
-  const Index B = shape.batch, I = shape.input_size, H = shape.hidden_size;
-  const Index SH = Cell::kStashSlots * H, N = sc.rows, steps = sc.steps;
+// Which side of a gate's pre-activation a gradient belongs to (GateSlots, cells/pointwise.hpp).
+enum class WeightSide {
+  kInput,      // x W_ih^T + b_ih: dW_ih, db_ih, dx
+  kRecurrent,  // (operand) W_hh^T + b_hh: dW_hh, db_hh
+};
+
+template <class Cell>
+constexpr int gradient_slot(int gate, WeightSide side) {
+  return side == WeightSide::kInput ? Cell::kGateSlots[gate].input_grad
+                                    : Cell::kGateSlots[gate].recurrent_grad;
+}
+
+// Calls f(first_gate, end_gate) for each maximal run of gates whose `side` gradients sit in
+// consecutive stash slots, so the run is one (N, (end_gate - first_gate) * H) block of the stash
+// and one GEMM serves it; on the recurrent side the run's gates must also share the product's
+// operand (h_{t-1}, or a stash slot for GRU reset-before's n-gate).
+template <class Cell, class F>
+void for_each_gate_block(WeightSide side, F&& f) {
+  const auto continues_block = [side](int gate, int first_gate) {
+    return gradient_slot<Cell>(gate, side) == gradient_slot<Cell>(gate - 1, side) + 1 &&
+           (side == WeightSide::kInput || Cell::kGateSlots[gate].recurrent_operand ==
+                                              Cell::kGateSlots[first_gate].recurrent_operand);
+  };
+  for (int first_gate = 0; first_gate < Cell::kGates;) {
+    int end_gate = first_gate + 1;
+    while (end_gate < Cell::kGates && continues_block(end_gate, first_gate)) ++end_gate;
+    f(first_gate, end_gate);
+    first_gate = end_gate;
+  }
+}
+
+// Which product a thread's packed part of W_hh serves.
+enum class RecurrentProduct {
+  kForward,   // the slice's gate pre-activations, h_{t-1} W_hh^T: rows of W_hh
+  kBackward,  // the slice's columns of dL/dh_{t-1} = dG W_hh: columns of W_hh
+};
+
+// Packs, for each phase, the part of W_hh (G*H, H) that a thread's products need. Forward: the
+// rows of the phase's gates that produce the slice's units, gate by gate (the product's column
+// (g - first_gate) * slice.width + j - slice.begin is gate g of unit j). Backward: the slice's
+// columns of the phase's gate rows.
+template <class Cell, class T>
+void pack_recurrent_slice(const T* w_hh, Index H, const UnitSlice& slice, RecurrentProduct product,
+                          PackedWeights<T> (&packed)[Cell::kPhases]) {
+  const Index width = slice.width;
+  for (int phase = 0; phase < Cell::kPhases; ++phase) {
+    const int first_gate = Cell::kPhaseFirstGate[phase];
+    const int gates = Cell::kPhaseFirstGate[phase + 1] - first_gate;
+    const T* phase_rows = w_hh + first_gate * H * H;
+    if (product == RecurrentProduct::kForward) {
+      const auto unit_row = [&](Index c) {
+        return phase_rows + ((c / width) * H + slice.begin + c % width) * H;
+      };
+      packed[phase].pack(gates * width, H, unit_row, 1);
+    } else {
+      const auto unit_column = [&](Index c) { return phase_rows + slice.begin + c; };
+      packed[phase].pack(width, gates * H, unit_column, H);
+    }
+  }
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+// The arguments of one forward call, as its parts see them.
+template <class T>
+struct ForwardCall {
+  const SequenceShape& shape;
+  const Schedule& sc;
+  const LayerWeights<T>& w;
+  const T* x;
+  const T* h0;  // may be nullptr (zeros)
+  const T* c0;
+  T* y;
+  T* h_n;
+  T* c_n;
+};
+
+// Where one step reads and writes; row r of each at base + r * ld (the states at r * H).
+template <class T>
+struct StepRows {
+  const T* gx = nullptr;  // input projection: gate g of unit j at g * gx_gate_stride + j - gx_first
+  Index gx_ld = 0, gx_gate_stride = 0, gx_first = 0;
+  const T* h_prev = nullptr;
+  const T* c_prev = nullptr;
+  T* h = nullptr;
+  T* c = nullptr;
+  T* stash = nullptr;  // training record; scratch for multi-phase inference
+  Index stash_ld = 0;
+  T* operand = nullptr;  // operand of the second phase's recurrent product
+  Index operand_ld = 0;
+};
+
+// Training: the inputs in step order, their projection (with b_ih) straight into the gate slots
+// of the stash, and the initial states in sorted order as the first B rows of the h and c
+// histories, all in the workspace that backward reads.
+template <class Cell, class T>
+void record_training_inputs(const ForwardCall<T>& call, TrainingWorkspace<T>& ws) {
+  const Schedule& sc = call.sc;
+  const Index B = sc.batch, I = call.shape.input_size, H = call.shape.hidden_size, N = sc.rows;
+  const Index stash_width = Cell::kStashSlots * H;
   const int max_threads = get_num_threads();
+  ws.x.resize(N * I);
+  ws.stash.resize(N * stash_width);
+  ws.h.resize((B + N) * H);
+  if (Cell::kHasCellState) ws.c.resize((B + N) * H);
+#pragma omp parallel num_threads(max_threads) if (max_threads > 1 && N * I > kMinValuesPerThread)
+  gather_steps(sc, 0, sc.steps, call.x, I, ws.x.data(), omp_get_thread_num(),
+               omp_get_num_threads());
+  input_projection(N, ws.x.data(), I, call.w.w_ih, Cell::kGates * H, ws.stash.data(),
+                   stash_width, max_threads);
+  add_bias_rows(N, Cell::kGates * H, ws.stash.data(), stash_width, call.w.b_ih);
+  gather_state(sc, H, call.h0, ws.h.data());
+  if (Cell::kHasCellState) gather_state(sc, H, call.c0, ws.c.data());
+}
 
-  if (steps < shape.seq_len || sc.ragged) std::fill(y, y + shape.seq_len * B * H, T(0));
-  if (B == 0) return;
+// Training steps read the projection from the stash and append h_t (c_t) to the histories.
+template <class Cell, class T>
+class TrainingSteps {
+ public:
+  TrainingSteps(TrainingWorkspace<T>& ws, const Schedule& sc, Index H) : ws_(ws), sc_(sc), H_(H) {}
 
-  // Sorted initial states: the first B rows of the training history, or the inference buffers.
-  Buffer<T> init_h, init_c;
-  const T* hs0;
-  const T* cs0 = nullptr;
-  if constexpr (kTrain) {
-    ws->x.resize(N * I);
-    ws->stash.resize(N * SH);
-    ws->h.resize((B + N) * H);
-    if (kCell) ws->c.resize((B + N) * H);
-#pragma omp parallel num_threads(max_threads) if (max_threads > 1 && N * I > 65536)
-    gather_steps(sc, 0, steps, x, I, ws->x.data(), omp_get_thread_num(), omp_get_num_threads());
-    // The input projection of every step in one GEMM, straight into the gate slots.
-    input_projection(N, ws->x.data(), I, w.w_ih, G * H, ws->stash.data(), SH, max_threads);
-    add_bias_rows(N, G * H, ws->stash.data(), SH, w.b_ih);
-    gather_state(sc, H, h0, ws->h.data());
-    if (kCell) gather_state(sc, H, c0, ws->c.data());
-    hs0 = ws->h.data();
-    if (kCell) cs0 = ws->c.data();
-  } else {
-    init_h.resize(B * H);
-    gather_state(sc, H, h0, init_h.data());
-    hs0 = init_h.data();
-    if (kCell) {
-      init_c.resize(B * H);
-      gather_state(sc, H, c0, init_c.data());
-      cs0 = init_c.data();
+  StepRows<T> rows_of_step(Index s) const {
+    const Index B = sc_.batch, H = H_, stash_width = Cell::kStashSlots * H;
+    const Index first_row = sc_.offsets[s];
+    const Index prev = s == 0 ? 0 : B + sc_.offsets[s - 1];  // history row of h_{t-1}
+    StepRows<T> rows;
+    rows.stash = ws_.stash.data() + first_row * stash_width;
+    rows.stash_ld = stash_width;
+    rows.gx = rows.stash, rows.gx_ld = stash_width, rows.gx_gate_stride = H, rows.gx_first = 0;
+    rows.h_prev = ws_.h.data() + prev * H;
+    rows.h = ws_.h.data() + (B + first_row) * H;
+    if (Cell::kHasCellState) {
+      rows.c_prev = ws_.c.data() + prev * H;
+      rows.c = ws_.c.data() + (B + first_row) * H;
     }
+    rows.operand = Cell::kOperandSlot >= 0 ? rows.stash + Cell::kOperandSlot * H : nullptr;
+    rows.operand_ld = stash_width;
+    return rows;
+  }
+  void end_step() {}
+
+ private:
+  TrainingWorkspace<T>& ws_;
+  const Schedule& sc_;
+  Index H_;
+};
+
+// Inference keeps no record: h alternates between two (B, H) buffers, c is updated in place, and
+// each thread projects the inputs of its own units one chunk of steps at a time, so memory does
+// not grow with T. Built before the parallel region; InferenceSteps is one thread's view.
+template <class Cell, class T>
+struct InferenceBuffers {
+  Index chunk_steps = 0, chunk_rows = 0;
+  Buffer<T> h;              // 2 * B * H: h_{t-1} and h_t, swapped every step; h_0 first
+  Buffer<T> c;              // B * H, LSTM only; c_0 at first
+  Buffer<T> x_chunk;        // chunk_rows * I, shared by the threads
+  Buffer<T> gx;             // per thread chunk_rows * G * widest slice: its units' projection
+  Buffer<T> b_ih;           // per thread G * widest slice: its units' b_ih (several threads only)
+  Buffer<T> stash, operand;  // multi-phase cells: the first phase's results for the second
+
+  InferenceBuffers(const ForwardCall<T>& call, const TimeLoopSplit& split) {
+    const Schedule& sc = call.sc;
+    const Index B = sc.batch, I = call.shape.input_size, H = call.shape.hidden_size;
+    const Index G = Cell::kGates, widest = split.slices.widest;
+    const bool multi_phase = Cell::kPhases > 1;
+    chunk_steps = std::max<Index>(
+        1, std::min<Index>(sc.steps, kInferenceChunkRows / std::max<Index>(split.max_batch, 1)));
+    chunk_rows = chunk_steps * split.max_batch;
+    h.resize(2 * B * H);
+    gather_state(sc, H, call.h0, h.data());
+    if (Cell::kHasCellState) {
+      c.resize(B * H);
+      gather_state(sc, H, call.c0, c.data());
+    }
+    x_chunk.resize(chunk_rows * I);
+    gx.resize(split.threads * chunk_rows * G * widest);
+    b_ih.resize(split.threads > 1 ? split.threads * G * widest : 0);
+    stash.resize(multi_phase ? B * Cell::kStashSlots * H : 0);
+    operand.resize(multi_phase ? B * H : 0);
+  }
+};
+
+template <class Cell, class T>
+class InferenceSteps {
+ public:
+  // Packs the slice's rows of W_ih (and copies its b_ih) for the chunked input projection.
+  InferenceSteps(InferenceBuffers<Cell, T>& buffers, const ForwardCall<T>& call,
+                 const TimeLoopSplit& split, int thread, const UnitSlice& slice)
+      : buf_(buffers), call_(call), slice_(slice), thread_(thread), threads_(split.threads) {
+    const Index G = Cell::kGates, H = call.shape.hidden_size, I = call.shape.input_size;
+    const Index width = slice.width, widest = split.slices.widest;
+    const auto unit_row = [&](Index c) {
+      return call.w.w_ih + ((c / width) * H + slice.begin + c % width) * I;
+    };
+    w_ih_.pack(G * width, I, unit_row, 1);
+    b_ih_ = call.w.b_ih;  // one thread: its slice is every unit, in the layout of b_ih
+    if (threads_ > 1) {
+      T* slice_bias = buffers.b_ih.data() + thread * G * widest;
+      for (Index g = 0; g < G; ++g)
+        std::memcpy(slice_bias + g * width, call.w.b_ih + g * H + slice.begin, sizeof(T) * width);
+      b_ih_ = slice_bias;
+    }
+    gx_ = buffers.gx.data() + thread * buffers.chunk_rows * G * widest;
+    h_prev_ = buffers.h.data();
+    h_next_ = buffers.h.data() + call.sc.batch * H;
   }
 
-  const Index b_max = steps > 0 ? sc.batch_sizes[0] : 0;
-  const int P = step_threads<Cell, T>(b_max, H);
-  const UnitSplit split(H, P);
-  const Index Hw = split.widest;
-  // Inference computes the input projection in chunks of steps so memory stays independent of T.
-  const Index chunk_steps = std::max<Index>(1, std::min<Index>(steps, 1024 / std::max<Index>(b_max, 1)));
-  const Index chunk_rows = kTrain ? 0 : chunk_steps * b_max;
+  StepRows<T> rows_of_step(Index s) {
+    if (s == chunk_end_) project_chunk(s);
+    const Index H = call_.shape.hidden_size, gx_width = Cell::kGates * slice_.width;
+    StepRows<T> rows;
+    rows.gx = gx_ + (call_.sc.offsets[s] - call_.sc.offsets[chunk_begin_]) * gx_width;
+    rows.gx_ld = gx_width, rows.gx_gate_stride = slice_.width, rows.gx_first = slice_.begin;
+    rows.h_prev = h_prev_, rows.h = h_next_;
+    if (Cell::kHasCellState) rows.c_prev = rows.c = buf_.c.data();
+    rows.stash = buf_.stash.data(), rows.stash_ld = Cell::kStashSlots * H;
+    rows.operand = buf_.operand.data(), rows.operand_ld = H;
+    return rows;
+  }
+  void end_step() { std::swap(h_prev_, h_next_); }
 
-  Buffer<T> gh(P * b_max * G * Hw);
-  Buffer<T> bih_pack(!kTrain && P > 1 ? P * G * Hw : 0);
-  Buffer<T> gx(kTrain ? 0 : P * chunk_rows * G * Hw), xc(kTrain ? 0 : chunk_rows * I);
-  Buffer<T> hbuf(kTrain ? 0 : 2 * B * H), cbuf(!kTrain && kCell ? B * H : 0);
-  Buffer<T> stash_scratch(!kTrain && NP > 1 ? B * SH : 0), operand_scratch(!kTrain && NP > 1 ? B * H : 0);
-
-#pragma omp parallel num_threads(P) if (P > 1)
-  {
-    const int p = omp_get_thread_num();
-    const Index j0 = split.bounds[p], j1 = split.bounds[p + 1], Hs = j1 - j0;
-
-    // Rows of W_hh producing units [j0, j1), gate by gate, packed for the step kernel (one
-    // packing per phase); for inference also the rows of W_ih and b_ih (used in place when one
-    // thread owns every unit).
-    PackedWeights<T> whh[NP];
-    for_each_phase<NP>([&](auto phase) {
-      constexpr int g0 = Cell::kPhaseFirstGate[decltype(phase)::value];
-      constexpr int g1 = Cell::kPhaseFirstGate[decltype(phase)::value + 1];
-      whh[phase].pack((g1 - g0) * Hs, H,
-                      [&](Index c) { return w.w_hh + ((g0 + c / Hs) * H + j0 + c % Hs) * H; }, 1);
-    });
-    PackedWeights<T> wih;
-    const T* bih = w.b_ih;
-    if constexpr (!kTrain) {
-      wih.pack(G * Hs, I, [&](Index c) { return w.w_ih + ((c / Hs) * H + j0 + c % Hs) * I; }, 1);
-      if (P > 1) {
-        T* dbi = bih_pack.data() + p * G * Hw;
-        for (int g = 0; g < G; ++g) std::memcpy(dbi + g * Hs, w.b_ih + g * H + j0, sizeof(T) * Hs);
-        bih = dbi;
-      }
-    }
-    T* ghp = gh.data() + p * b_max * G * Hw;
-    T* gxp = kTrain ? nullptr : gx.data() + p * chunk_rows * G * Hw;
-
-    // Sequences of length 0 keep their initial state.
-    for (Index r = b_max; r < B; ++r) {
-      std::memcpy(h_n + sc.order[r] * H + j0, hs0 + r * H + j0, sizeof(T) * Hs);
-      if (kCell) std::memcpy(c_n + sc.order[r] * H + j0, cs0 + r * H + j0, sizeof(T) * Hs);
-    }
-    T* hcur = kTrain ? nullptr : hbuf.data();
-    T* hnxt = kTrain ? nullptr : hbuf.data() + B * H;
-    if constexpr (!kTrain) {
-      for (Index r = 0; r < B; ++r) {
-        std::memcpy(hcur + r * H + j0, hs0 + r * H + j0, sizeof(T) * Hs);
-        if (kCell) std::memcpy(cbuf.data() + r * H + j0, cs0 + r * H + j0, sizeof(T) * Hs);
-      }
-    }
-
-    Index chunk_begin = 0, chunk_end = 0;
-    for (Index s = 0; s < steps; ++s) {
-      const Index b = sc.batch_sizes[s], off = sc.offsets[s];
-      const T* gx_rows;
-      Index gx_ld, gx_gate_stride, gx_first;
-      const T* h_prev;
-      const T* c_prev = nullptr;
-      T *h_out, *c_out = nullptr, *stash, *operand;
-      Index stash_ld, operand_ld;
-      if constexpr (kTrain) {
-        gx_rows = ws->stash.data() + off * SH;
-        gx_ld = SH, gx_gate_stride = H, gx_first = 0;
-        const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
-        h_prev = ws->h.data() + prev * H;
-        h_out = ws->h.data() + (B + off) * H;
-        if (kCell) c_prev = ws->c.data() + prev * H, c_out = ws->c.data() + (B + off) * H;
-        stash = ws->stash.data() + off * SH, stash_ld = SH;
-        operand = Cell::kOperandSlot >= 0 ? stash + Cell::kOperandSlot * H : nullptr;
-        operand_ld = SH;
-      } else {
-        if (s == chunk_end) {
-          chunk_begin = s;
-          chunk_end = std::min(steps, s + chunk_steps);
-          gather_steps(sc, chunk_begin, chunk_end, x, I, xc.data(), p, P);
-          if (P > 1) {
+ private:
+  // Projects the inputs of the steps [first_step, first_step + chunk_steps) onto the slice.
+  void project_chunk(Index first_step) {
+    const Schedule& sc = call_.sc;
+    const Index I = call_.shape.input_size, gx_width = Cell::kGates * slice_.width;
+    chunk_begin_ = first_step;
+    chunk_end_ = std::min(sc.steps, first_step + buf_.chunk_steps);
+    gather_steps(sc, chunk_begin_, chunk_end_, call_.x, I, buf_.x_chunk.data(), thread_, threads_);
+    // Every thread projects every row of the chunk, which all of them gathered.
+    if (threads_ > 1) {
 #pragma omp barrier
-          }
-          const Index rows = sc.offsets[chunk_end] - sc.offsets[chunk_begin];
-          packed_gemm(rows, xc.data(), I, wih, gxp, G * Hs, false);
-          add_bias_rows(rows, G * Hs, gxp, G * Hs, bih);
-        }
-        gx_rows = gxp + (off - sc.offsets[chunk_begin]) * G * Hs;
-        gx_ld = G * Hs, gx_gate_stride = Hs, gx_first = j0;
-        h_prev = hcur, h_out = hnxt;
-        if (kCell) c_prev = c_out = cbuf.data();
-        stash = stash_scratch.data(), stash_ld = SH;
-        operand = operand_scratch.data(), operand_ld = H;
-      }
+    }
+    const Index rows = sc.offsets[chunk_end_] - sc.offsets[chunk_begin_];
+    packed_gemm(rows, buf_.x_chunk.data(), I, w_ih_, gx_, gx_width, false);
+    add_bias_rows(rows, gx_width, gx_, gx_width, b_ih_);
+  }
 
-      for_each_phase<NP>([&](auto phase) {
-        constexpr int ph = decltype(phase)::value;
-        constexpr int g0 = Cell::kPhaseFirstGate[ph], g1 = Cell::kPhaseFirstGate[ph + 1];
-        if (P > 1) {
+  InferenceBuffers<Cell, T>& buf_;
+  const ForwardCall<T>& call_;
+  UnitSlice slice_;
+  int thread_, threads_;
+  PackedWeights<T> w_ih_;
+  const T* b_ih_;
+  T* gx_;
+  T* h_prev_;
+  T* h_next_;
+  Index chunk_begin_ = 0, chunk_end_ = 0;
+};
+
+// One step for `batch` rows on the slice's units: per phase, the recurrent product (after a
+// barrier when several threads run: it reads every unit of h_{t-1} or of the phase operand) into
+// gh, then the cell's pointwise sweep.
+template <class Cell, class T, bool kTrain>
+void forward_step(const StepRows<T>& rows, Index batch, const UnitSlice& slice,
+                  const PackedWeights<T> (&w_hh)[Cell::kPhases], T* gh, const LayerWeights<T>& w,
+                  Index H, bool several_threads) {
+  for_each_phase<Cell::kPhases>([&](auto phase_constant) {
+    constexpr int phase = decltype(phase_constant)::value;
+    const Index gh_width =
+        (Cell::kPhaseFirstGate[phase + 1] - Cell::kPhaseFirstGate[phase]) * slice.width;
+    if (several_threads) {
 #pragma omp barrier
-        }
-        const T* a = ph == 0 ? h_prev : operand;
-        packed_gemm(b, a, ph == 0 ? H : operand_ld, whh[ph], ghp, (g1 - g0) * Hs, false);
-        ForwardRow<T> row;
-        row.gx_gate_stride = gx_gate_stride, row.gx_first = gx_first;
-        row.gh_gate_stride = Hs, row.gh_first = j0;
-        row.b_hh = w.b_hh, row.peephole = w.w_peephole, row.H = H;
-        for (Index r = 0; r < b; ++r) {
-          row.gx = gx_rows + r * gx_ld;
-          row.gh = ghp + r * (g1 - g0) * Hs;
-          row.h_prev = h_prev + r * H;
-          row.h = h_out + r * H;
-          if (kCell) row.c_prev = c_prev + r * H, row.c = c_out + r * H;
-          row.stash = stash ? stash + r * stash_ld : nullptr;
-          row.operand = operand ? operand + r * operand_ld : nullptr;
+    }
+    const T* operand = phase == 0 ? rows.h_prev : rows.operand;
+    packed_gemm(batch, operand, phase == 0 ? H : rows.operand_ld, w_hh[phase], gh, gh_width, false);
+    ForwardRow<T> row;
+    row.gx_gate_stride = rows.gx_gate_stride, row.gx_first = rows.gx_first;
+    row.gh_gate_stride = slice.width, row.gh_first = slice.begin;
+    row.b_hh = w.b_hh, row.peephole = w.w_peephole, row.H = H;
+    for (Index r = 0; r < batch; ++r) {
+      row.gx = rows.gx + r * rows.gx_ld;
+      row.gh = gh + r * gh_width;
+      row.h_prev = rows.h_prev + r * H;
+      row.h = rows.h + r * H;
+      if (Cell::kHasCellState) row.c_prev = rows.c_prev + r * H, row.c = rows.c + r * H;
+      row.stash = rows.stash ? rows.stash + r * rows.stash_ld : nullptr;
+      row.operand = rows.operand ? rows.operand + r * rows.operand_ld : nullptr;
 #pragma omp simd
-          for (Index j = j0; j < j1; ++j) Cell::template forward<ph, T, kTrain>(row, j);
-        }
-      });
+      for (Index j = slice.begin; j < slice.end; ++j)
+        Cell::template forward<phase, T, kTrain>(row, j);
+    }
+  });
+}
 
-      // Outputs, and final states of the sequences whose last step this was.
-      for (Index r = 0; r < b; ++r)
-        std::memcpy(y + (sc.time_of(s, r) * B + sc.order[r]) * H + j0, h_out + r * H + j0,
-                    sizeof(T) * Hs);
-      for (Index r = sc.batch_sizes[s + 1]; r < b; ++r) {
-        std::memcpy(h_n + sc.order[r] * H + j0, h_out + r * H + j0, sizeof(T) * Hs);
-        if (kCell) std::memcpy(c_n + sc.order[r] * H + j0, c_out + r * H + j0, sizeof(T) * Hs);
-      }
-      if constexpr (!kTrain) std::swap(hcur, hnxt);
+// The slice of step s's h_t into y (time order), and of the final states of the sequences whose
+// last step it was into h_n, c_n.
+template <class Cell, class T>
+void write_step_outputs(const ForwardCall<T>& call, Index s, const StepRows<T>& rows,
+                        const UnitSlice& slice) {
+  const Schedule& sc = call.sc;
+  const Index B = sc.batch, H = call.shape.hidden_size, bytes = sizeof(T) * slice.width;
+  const Index batch = sc.batch_sizes[s];
+  for (Index r = 0; r < batch; ++r)
+    std::memcpy(call.y + (sc.time_of(s, r) * B + sc.order[r]) * H + slice.begin,
+                rows.h + r * H + slice.begin, bytes);
+  for (Index r = sc.batch_sizes[s + 1]; r < batch; ++r) {
+    const Index out = sc.order[r] * H + slice.begin, in = r * H + slice.begin;
+    std::memcpy(call.h_n + out, rows.h + in, bytes);
+    if (Cell::kHasCellState) std::memcpy(call.c_n + out, rows.c + in, bytes);
+  }
+}
+
+// The slice of the final states of length-0 sequences (sorted rows >= max_batch): their initial
+// states, given in sorted order.
+template <class Cell, class T>
+void keep_initial_states(const ForwardCall<T>& call, Index max_batch, const UnitSlice& slice,
+                         const T* initial_h, const T* initial_c) {
+  const Index H = call.shape.hidden_size, bytes = sizeof(T) * slice.width;
+  for (Index r = max_batch; r < call.sc.batch; ++r) {
+    const Index out = call.sc.order[r] * H + slice.begin, in = r * H + slice.begin;
+    std::memcpy(call.h_n + out, initial_h + in, bytes);
+    if (Cell::kHasCellState) std::memcpy(call.c_n + out, initial_c + in, bytes);
+  }
+}
+
+// The time loop, shared by training and inference: steps_for(thread, slice) gives a thread's
+// TrainingSteps or InferenceSteps, which say where each step reads and writes.
+template <class Cell, class T, bool kTrain, class StepsFor>
+void forward_time_loop(const ForwardCall<T>& call, const TimeLoopSplit& split,
+                       const T* initial_h, const T* initial_c, StepsFor&& steps_for) {
+  const Schedule& sc = call.sc;
+  const Index H = call.shape.hidden_size;
+  const Index gh_per_thread = split.max_batch * Cell::kGates * split.slices.widest;
+  Buffer<T> gh(split.threads * gh_per_thread);  // each thread's recurrent product of a phase
+#pragma omp parallel num_threads(split.threads) if (split.threads > 1)
+  {
+    const int thread = omp_get_thread_num();
+    const UnitSlice slice = split.slices[thread];
+    PackedWeights<T> w_hh[Cell::kPhases];
+    pack_recurrent_slice<Cell>(call.w.w_hh, H, slice, RecurrentProduct::kForward, w_hh);
+    auto steps = steps_for(thread, slice);
+    keep_initial_states<Cell>(call, split.max_batch, slice, initial_h, initial_c);
+    T* thread_gh = gh.data() + thread * gh_per_thread;
+    for (Index s = 0; s < sc.steps; ++s) {
+      const StepRows<T> rows = steps.rows_of_step(s);
+      forward_step<Cell, T, kTrain>(rows, sc.batch_sizes[s], slice, w_hh, thread_gh, call.w, H,
+                                    split.threads > 1);
+      write_step_outputs<Cell>(call, s, rows, slice);
+      steps.end_step();
     }
   }
+}
+
+template <class Cell, class T, bool kTrain>
+void forward_impl(const ForwardCall<T>& call, TrainingWorkspace<T>* ws) {
+  const Index seq_len = call.shape.seq_len, B = call.shape.batch, H = call.shape.hidden_size;
+  if (call.sc.steps < seq_len || call.sc.ragged) std::fill(call.y, call.y + seq_len * B * H, T(0));
+  if (B == 0) return;
+  const TimeLoopSplit split = time_loop_split<Cell, T>(call.sc, H);
+  if constexpr (kTrain) {
+    record_training_inputs<Cell>(call, *ws);
+    forward_time_loop<Cell, T, true>(
+        call, split, ws->h.data(), ws->c.data(),
+        [&](int, const UnitSlice&) { return TrainingSteps<Cell, T>(*ws, call.sc, H); });
+  } else {
+    InferenceBuffers<Cell, T> buffers(call, split);
+    forward_time_loop<Cell, T, false>(
+        call, split, buffers.h.data(), buffers.c.data(), [&](int thread, const UnitSlice& slice) {
+          return InferenceSteps<Cell, T>(buffers, call, split, thread, slice);
+        });
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// BPTT through the recorded steps, last to first. The carried gradients dh, dc (B, H) are in
+// sorted row order and start as dL/d(final state); at the end they hold dL/dh0, dL/dc0. Each
+// phase (last first) runs the cell's pointwise backward, turning the stash rows into gate
+// gradients, then, after a barrier, the slice's columns of the gradient the phase's product sends
+// back: dh (phase 0) or the phase operand's gradient.
+template <class Cell, class T>
+class BackwardTimeLoop {
+ public:
+  BackwardTimeLoop(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, T* dh, T* dc,
+                   T* dw_peephole)
+      : w_(w), ws_(ws), sc_(ws.schedule), H_(ws.shape.hidden_size), dy_(dy), dh_(dh), dc_(dc),
+        dw_peephole_(dw_peephole), no_dy_(H_, T(0)),
+        doperand_(Cell::kPhases > 1 ? sc_.batch * H_ : 0) {}
+
+  void run() {
+    const TimeLoopSplit split = time_loop_split<Cell, T>(sc_, H_);
+#pragma omp parallel num_threads(split.threads) if (split.threads > 1)
+    {
+      const UnitSlice slice = split.slices[omp_get_thread_num()];
+      PackedWeights<T> w_hh[Cell::kPhases];
+      pack_recurrent_slice<Cell>(w_.w_hh, H_, slice, RecurrentProduct::kBackward, w_hh);
+      for (Index s = sc_.steps - 1; s >= 0; --s) step(s, slice, w_hh, split.threads > 1);
+    }
+  }
+
+ private:
+  void step(Index s, const UnitSlice& slice, const PackedWeights<T> (&w_hh)[Cell::kPhases],
+            bool several_threads) {
+    const Index stash_width = Cell::kStashSlots * H_, batch = sc_.batch_sizes[s];
+    T* stash = ws_.stash.data() + sc_.offsets[s] * stash_width;
+    for_each_phase_reversed<Cell::kPhases>([&](auto phase_constant) {
+      constexpr int phase = decltype(phase_constant)::value;
+      pointwise_backward<phase>(s, slice);
+      if (several_threads) {
+#pragma omp barrier
+      }
+      T* target = phase == 0 ? dh_ : doperand_.data();
+      const bool accumulate = phase == 0 ? Cell::kDirectHiddenGrad : false;
+      packed_gemm(batch, stash + Cell::kPhaseFirstGate[phase] * H_, stash_width, w_hh[phase],
+                  target + slice.begin, H_, accumulate);
+    });
+  }
+
+  template <int Phase>
+  void pointwise_backward(Index s, const UnitSlice& slice) {
+    const Index B = sc_.batch, H = H_, stash_width = Cell::kStashSlots * H;
+    const Index first_row = sc_.offsets[s];
+    const Index prev = s == 0 ? 0 : B + sc_.offsets[s - 1];  // history row of h_{t-1}
+    BackwardRow<T> row;
+    row.peephole = w_.w_peephole, row.dpeephole = dw_peephole_, row.H = H;
+    for (Index r = 0; r < sc_.batch_sizes[s]; ++r) {
+      row.stash = ws_.stash.data() + (first_row + r) * stash_width;
+      row.dy = dy_ ? dy_ + (sc_.time_of(s, r) * B + sc_.order[r]) * H : no_dy_.data();
+      row.dh = dh_ + r * H;
+      row.h_prev = ws_.h.data() + (prev + r) * H;
+      row.h = ws_.h.data() + (B + first_row + r) * H;
+      if (Cell::kHasCellState) {
+        row.dc = dc_ + r * H;
+        row.c_prev = ws_.c.data() + (prev + r) * H;
+        row.c = ws_.c.data() + (B + first_row + r) * H;
+      }
+      if (Cell::kPhases > 1) row.doperand = doperand_.data() + r * H;
+#pragma omp simd
+      for (Index j = slice.begin; j < slice.end; ++j) Cell::template backward<Phase, T>(row, j);
+    }
+  }
+
+  const LayerWeights<T>& w_;
+  TrainingWorkspace<T>& ws_;
+  const Schedule& sc_;
+  Index H_;
+  const T* dy_;
+  T* dh_;
+  T* dc_;
+  T* dw_peephole_;
+  const std::vector<T> no_dy_;  // dy of a row when the outputs carry no gradient
+  Buffer<T> doperand_;          // (B, H) gradient of the phase operand (multi-phase cells)
+};
+
+// h_{t-1} of every packed row as one (N, H) matrix. Without ragged lengths the h history already
+// is one: step s's rows of h_{t-1} are history rows [s*B, s*B + B). Otherwise they are copied
+// into `storage`.
+template <class T>
+const T* previous_hidden_rows(const TrainingWorkspace<T>& ws, Buffer<T>& storage) {
+  const Schedule& sc = ws.schedule;
+  const Index B = sc.batch, H = ws.shape.hidden_size;
+  if (!sc.ragged || sc.rows == 0) return ws.h.data();
+  storage.resize(sc.rows * H);
+  for (Index s = 0; s < sc.steps; ++s) {
+    const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
+    std::memcpy(storage.data() + sc.offsets[s] * H, ws.h.data() + prev * H,
+                sizeof(T) * sc.batch_sizes[s] * H);
+  }
+  return storage.data();
+}
+
+// dW_ih += dG_x^T X and db_ih += column sums of dG_x over the N packed rows. The products with a
+// transposed operand are one-off: Eigen packs them well (the packed step kernel would read dG^T
+// one page per k step).
+template <class Cell, class T>
+void add_input_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradients<T>& grads,
+                                int max_threads) {
+  const Index N = ws.schedule.rows, I = ws.shape.input_size, H = ws.shape.hidden_size;
+  const Index stash_width = Cell::kStashSlots * H;
+  for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
+    const Index cols = (end_gate - first_gate) * H;
+    const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
+    parallel_gemm_tn(cols, I, N, dg, stash_width, ws.x.data(), I, grads.dw_ih + first_gate * H * I,
+                     I, true, max_threads);
+    add_column_sums(N, cols, dg, stash_width, grads.db_ih + first_gate * H, max_threads);
+  });
+}
+
+// dW_hh += dG_h^T h_{t-1} (or the stashed operand) and db_hh += column sums of dG_h.
+template <class Cell, class T>
+void add_recurrent_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradients<T>& grads,
+                                    int max_threads) {
+  const Index N = ws.schedule.rows, H = ws.shape.hidden_size;
+  const Index stash_width = Cell::kStashSlots * H;
+  Buffer<T> h_prev_storage;
+  const T* h_prev = previous_hidden_rows(ws, h_prev_storage);
+  for_each_gate_block<Cell>(WeightSide::kRecurrent, [&](int first_gate, int end_gate) {
+    const Index cols = (end_gate - first_gate) * H;
+    const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kRecurrent) * H;
+    // A stash-slot operand: GRU reset-before, whose n-gate multiplies r * h_{t-1}.
+    const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
+    const T* operand = operand_slot < 0 ? h_prev : ws.stash.data() + operand_slot * H;
+    parallel_gemm_tn(cols, H, N, dg, stash_width, operand, operand_slot < 0 ? H : stash_width,
+                     grads.dw_hh + first_gate * H * H, H, true, max_threads);
+    add_column_sums(N, cols, dg, stash_width, grads.db_hh + first_gate * H, max_threads);
+  });
+}
+
+// dx = dG_x W_ih over the packed rows, into the workspace's packed input (no longer needed), then
+// to dx (T, B, I) in time order, zero at padded positions.
+template <class Cell, class T>
+void input_gradient(TrainingWorkspace<T>& ws, const T* w_ih, T* dx, int max_threads) {
+  const Schedule& sc = ws.schedule;
+  const Index B = sc.batch, I = ws.shape.input_size, H = ws.shape.hidden_size;
+  const Index stash_width = Cell::kStashSlots * H;
+  T* dx_packed = ws.x.data();
+  for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
+    PackedWeights<T> w_t;  // W_ih rows [first_gate*H, end_gate*H) transposed: row c = column c
+    const T* block = w_ih + first_gate * H * I;
+    w_t.pack(I, (end_gate - first_gate) * H, [&](Index c) { return block + c; }, I);
+    const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
+    parallel_packed_gemm(sc.rows, dg, stash_width, w_t, dx_packed, I, first_gate > 0, max_threads);
+  });
+  if (sc.ragged || sc.steps < ws.shape.seq_len)
+    std::fill(dx, dx + ws.shape.seq_len * B * I, T(0));
+  for (Index s = 0; s < sc.steps; ++s)
+    for (Index r = 0; r < sc.batch_sizes[s]; ++r)
+      std::memcpy(dx + (sc.time_of(s, r) * B + sc.order[r]) * I,
+                  dx_packed + (sc.offsets[s] + r) * I, sizeof(T) * I);
 }
 
 template <class Cell, class T>
 void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy,
                    const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0,
                    const LayerGradients<T>& grads) {
-  constexpr int G = Cell::kGates, NP = Cell::kPhases;
-  constexpr bool kCell = Cell::kHasCellState;
   const Schedule& sc = ws.schedule;
-  const Index B = ws.shape.batch, I = ws.shape.input_size, H = ws.shape.hidden_size;
-  const Index SH = Cell::kStashSlots * H, N = sc.rows, steps = sc.steps;
+  const Index B = sc.batch, H = ws.shape.hidden_size;
   const int max_threads = get_num_threads();
-
-  // Carried gradients in sorted row order; rows not yet reached keep dL/d(final state).
-  Buffer<T> dh(B * H), dc(kCell ? B * H : 0);
+  Buffer<T> dh(B * H), dc(Cell::kHasCellState ? B * H : 0);
   gather_state(sc, H, dh_n, dh.data());
-  if (kCell) gather_state(sc, H, dc_n, dc.data());
-  const std::vector<T> zeros(H, T(0));
-
-  const Index b_max = steps > 0 ? sc.batch_sizes[0] : 0;
-  const int P = step_threads<Cell, T>(b_max, H);
-  const UnitSplit split(H, P);
-  Buffer<T> doperand(NP > 1 ? B * H : 0);
-
-  if (steps > 0) {
-#pragma omp parallel num_threads(P) if (P > 1)
-    {
-      const int p = omp_get_thread_num();
-      const Index j0 = split.bounds[p], j1 = split.bounds[p + 1], Hs = j1 - j0;
-      // Columns [j0, j1) of each phase's rows of W_hh: this thread computes those columns of
-      // dL/dh_{t-1} (or of the phase operand's gradient).
-      PackedWeights<T> wb[NP];
-      for_each_phase<NP>([&](auto phase) {
-        constexpr int g0 = Cell::kPhaseFirstGate[decltype(phase)::value];
-        constexpr int g1 = Cell::kPhaseFirstGate[decltype(phase)::value + 1];
-        wb[phase].pack(Hs, (g1 - g0) * H, [&](Index c) { return w.w_hh + g0 * H * H + j0 + c; }, H);
-      });
-      for (Index s = steps - 1; s >= 0; --s) {
-        const Index b = sc.batch_sizes[s], off = sc.offsets[s];
-        const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
-        T* stash = ws.stash.data() + off * SH;
-        for_each_phase_reversed<NP>([&](auto phase) {
-          constexpr int ph = decltype(phase)::value;
-          constexpr int g0 = Cell::kPhaseFirstGate[ph];
-          BackwardRow<T> row;
-          row.peephole = w.w_peephole, row.dpeephole = grads.dw_peephole, row.H = H;
-          for (Index r = 0; r < b; ++r) {
-            row.stash = stash + r * SH;
-            row.dy = dy ? dy + (sc.time_of(s, r) * B + sc.order[r]) * H : zeros.data();
-            row.dh = dh.data() + r * H;
-            row.h_prev = ws.h.data() + (prev + r) * H;
-            row.h = ws.h.data() + (B + off + r) * H;
-            if (kCell) {
-              row.dc = dc.data() + r * H;
-              row.c_prev = ws.c.data() + (prev + r) * H;
-              row.c = ws.c.data() + (B + off + r) * H;
-            }
-            if (NP > 1) row.doperand = doperand.data() + r * H;
-#pragma omp simd
-            for (Index j = j0; j < j1; ++j) Cell::template backward<ph, T>(row, j);
-          }
-          if (P > 1) {
-#pragma omp barrier
-          }
-          T* target = ph == 0 ? dh.data() : doperand.data();
-          const bool accumulate = ph == 0 ? Cell::kDirectHiddenGrad : false;
-          packed_gemm(b, stash + g0 * H, SH, wb[ph], target + j0, H, accumulate);
-        });
-      }
-    }
-  }
-
-  for (Index r = 0; r < B; ++r) {
-    if (dh0) std::memcpy(dh0 + sc.order[r] * H, dh.data() + r * H, sizeof(T) * H);
-    if (kCell && dc0) std::memcpy(dc0 + sc.order[r] * H, dc.data() + r * H, sizeof(T) * H);
-  }
-
-  // Hoisted parameter gradients over all N rows. Gates whose gradient slots are consecutive
-  // (and share an operand) go through one GEMM.
-  const T* X = ws.x.data();
-  Buffer<T> hprev_packed;
-  const T* Hprev = ws.h.data();  // without lengths, step s's h_{t-1} rows are h rows [sB, sB+B)
-  if (sc.ragged && N > 0) {
-    hprev_packed.resize(N * H);
-    for (Index s = 0; s < steps; ++s) {
-      const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
-      std::memcpy(hprev_packed.data() + sc.offsets[s] * H, ws.h.data() + prev * H,
-                  sizeof(T) * sc.batch_sizes[s] * H);
-    }
-    Hprev = hprev_packed.data();
-  }
-  // dW = dG^T X and dG^T h_{t-1}: one-off products with a transposed operand, which Eigen packs
-  // and does well (the packed step kernel would read dG^T one page per k step).
-  for (int ga = 0; ga < G;) {
-    int gb = ga + 1;
-    while (gb < G && Cell::kGateSlots[gb].input_grad == Cell::kGateSlots[gb - 1].input_grad + 1) ++gb;
-    const T* dg = ws.stash.data() + Cell::kGateSlots[ga].input_grad * H;
-    parallel_gemm_tn((gb - ga) * H, I, N, dg, SH, X, I, grads.dw_ih + ga * H * I, I, true,
-                  max_threads);
-    add_column_sums(N, (gb - ga) * H, dg, SH, grads.db_ih + ga * H, max_threads);
-    ga = gb;
-  }
-  for (int ga = 0; ga < G;) {
-    int gb = ga + 1;
-    while (gb < G && Cell::kGateSlots[gb].recurrent_grad == Cell::kGateSlots[gb - 1].recurrent_grad + 1 &&
-           Cell::kGateSlots[gb].recurrent_operand == Cell::kGateSlots[ga].recurrent_operand)
-      ++gb;
-    const T* dg = ws.stash.data() + Cell::kGateSlots[ga].recurrent_grad * H;
-    const int op = Cell::kGateSlots[ga].recurrent_operand;
-    // op >= 0: GRU reset-before, whose n-gate multiplies r * h_{t-1}, kept in a stash slot.
-    const T* a = op < 0 ? Hprev : ws.stash.data() + op * H;
-    parallel_gemm_tn((gb - ga) * H, H, N, dg, SH, a, op < 0 ? H : SH,
-                  grads.dw_hh + ga * H * H, H, true, max_threads);
-    add_column_sums(N, (gb - ga) * H, dg, SH, grads.db_hh + ga * H, max_threads);
-    ga = gb;
-  }
-  if (dx) {
-    // dx = dG_x W_ih, into the packed input buffer (no longer needed), then back to time order.
-    T* dxp = ws.x.data();
-    bool first = true;
-    for (int ga = 0; ga < G;) {
-      int gb = ga + 1;
-      while (gb < G && Cell::kGateSlots[gb].input_grad == Cell::kGateSlots[gb - 1].input_grad + 1) ++gb;
-      PackedWeights<T> wt;  // W_ih rows [ga*H, gb*H) transposed: row c = column c
-      const T* wblock = w.w_ih + ga * H * I;
-      wt.pack(I, (gb - ga) * H, [&](Index c) { return wblock + c; }, I);
-      parallel_packed_gemm(N, ws.stash.data() + Cell::kGateSlots[ga].input_grad * H, SH,
-                           wt, dxp, I, !first, max_threads);
-      first = false;
-      ga = gb;
-    }
-    if (sc.ragged || steps < ws.shape.seq_len) std::fill(dx, dx + ws.shape.seq_len * B * I, T(0));
-    for (Index s = 0; s < steps; ++s)
-      for (Index r = 0; r < sc.batch_sizes[s]; ++r)
-        std::memcpy(dx + (sc.time_of(s, r) * B + sc.order[r]) * I, dxp + (sc.offsets[s] + r) * I,
-                    sizeof(T) * I);
-  }
+  if (Cell::kHasCellState) gather_state(sc, H, dc_n, dc.data());
+  if (sc.steps > 0)
+    BackwardTimeLoop<Cell, T>(w, ws, dy, dh.data(), dc.data(), grads.dw_peephole).run();
+  scatter_state(sc, H, dh.data(), dh0);
+  if (Cell::kHasCellState) scatter_state(sc, H, dc.data(), dc0);
+  add_input_weight_gradients<Cell>(ws, grads, max_threads);
+  add_recurrent_weight_gradients<Cell>(ws, grads, max_threads);
+  if (dx) input_gradient<Cell>(ws, w.w_ih, dx, max_threads);
 }
 
 }  // namespace detail
 
 template <class Cell, class T>
 int loop_threads(Index batch, Index hidden) {
-  return detail::step_threads<Cell, T>(batch, hidden);
+  return detail::time_loop_threads<Cell, T>(batch, hidden);
 }
 
 template <class Cell, class T>
@@ -446,7 +748,7 @@ void forward_inference(const SequenceShape& shape, const LayerWeights<T>& w, con
                        const T* h0, const T* c0, const int64_t* lengths, bool reverse, T* y, T* h_n,
                        T* c_n) {
   const Schedule sc(shape.seq_len, shape.batch, lengths, reverse);
-  detail::forward_impl<Cell, T, false>(shape, w, x, h0, c0, sc, y, h_n, c_n, nullptr);
+  detail::forward_impl<Cell, T, false>({shape, sc, w, x, h0, c0, y, h_n, c_n}, nullptr);
 }
 
 template <class Cell, class T>
@@ -458,7 +760,7 @@ void forward_training(const SequenceShape& shape, const LayerWeights<T>& w, cons
   ws.ready = false;
   ws.shape = shape;
   ws.schedule = Schedule(shape.seq_len, shape.batch, lengths, reverse);
-  detail::forward_impl<Cell, T, true>(shape, w, x, h0, c0, ws.schedule, y, h_n, c_n, &ws);
+  detail::forward_impl<Cell, T, true>({shape, ws.schedule, w, x, h0, c0, y, h_n, c_n}, &ws);
   ws.ready = true;
 }
 

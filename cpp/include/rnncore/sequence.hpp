@@ -17,35 +17,16 @@
 // except what `forward_training` stores in its workspace (copies, not pointers).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
-#include <memory>
-#include <utility>
 #include <vector>
 
+#include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
+#include "rnncore/schedule.hpp"
 
 namespace rnncore {
-
-// std::vector that leaves new elements uninitialised: workspaces are written before they are
-// read, and zero-filling hundreds of MB per call would cost a noticeable share of a step.
-template <class T>
-struct DefaultInitAllocator : std::allocator<T> {
-  template <class U>
-  struct rebind {
-    using other = DefaultInitAllocator<U>;
-  };
-  using std::allocator<T>::allocator;
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
-  }
-  template <class U, class... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-template <class T>
-using Buffer = std::vector<T, DefaultInitAllocator<T>>;
 
 struct SequenceShape {
   Index seq_len = 0;      // T
@@ -73,28 +54,6 @@ struct LayerGradients {
   T* db_ih = nullptr;
   T* db_hh = nullptr;
   T* dw_peephole = nullptr;
-};
-
-// Order in which the driver visits (step, sequence) pairs: sequences sorted by length, longest
-// first, so the active rows of step s are always rows [0, batch_sizes[s]).
-struct Schedule {
-  Index seq_len = 0, batch = 0;
-  Index steps = 0;  // longest length
-  Index rows = 0;   // N = sum of lengths
-  bool reverse = false;
-  bool ragged = false;               // some length < seq_len
-  std::vector<Index> order;          // sorted row r -> batch index
-  std::vector<Index> sorted_length;  // length of sorted row r
-  std::vector<Index> batch_sizes;    // active rows per step, plus a trailing 0
-  std::vector<Index> offsets;        // first packed row of each step, plus N
-
-  // lengths may be nullptr; throws std::invalid_argument for a length outside [0, seq_len].
-  Schedule(Index seq_len, Index batch, const int64_t* lengths, bool reverse);
-  Schedule() = default;
-  // Time index of sorted row r at step s.
-  Index time_of(Index step, Index row) const {
-    return reverse ? sorted_length[row] - 1 - step : step;
-  }
 };
 
 // Everything a backward pass needs from its training forward, owned by the workspace:
