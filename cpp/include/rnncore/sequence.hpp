@@ -111,8 +111,9 @@ template <class Cell, class T>
 int loop_threads(Index batch, Index hidden);
 
 // Runs independent calls (e.g. the two directions of a bidirectional layer): side by side, one
-// thread each, when each_single_threaded says none of them would use more than one thread;
-// otherwise one after another, each with all threads. Exceptions are rethrown after all calls.
+// thread each, when each_single_threaded says none of them would use more than one thread, or
+// when there are no more threads than calls; otherwise one after another, each with all
+// threads. Exceptions are rethrown after all calls.
 void run_independent(const std::vector<std::function<void()>>& calls, bool each_single_threaded);
 
 }  // namespace rnncore
