@@ -138,3 +138,37 @@ def test_dtype_equal_by_value_not_identity():
     st = _core.Stack("gru", 4, 6)
     x = np.ones((3, 2, 4), np.float32)
     np.testing.assert_array_equal(st.forward(x, params)[0], m(x)[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("copy_kind", ["pickle", "deepcopy"])
+def test_modules_and_cells_survive_pickle_and_deepcopy(cell, copy_kind, rng):
+    """In every state (fresh, after a training forward with a pending backward, in eval mode) a
+    copy computes the same outputs as the original; it has no pending backward of its own."""
+    import copy
+    import pickle
+    from conftest import make_cell
+
+    def dup(obj):
+        return pickle.loads(pickle.dumps(obj)) if copy_kind == "pickle" else copy.deepcopy(obj)
+
+    x = rng.standard_normal((4, 3, 5))
+    m = make_module(cell, 5, 6, num_layers=2, bidirectional=True, dropout=0.2, seed=1)
+    c = make_cell(cell, 5, 6, seed=1)
+    for state in ("fresh", "pending", "eval"):
+        if state == "pending":
+            m(x)
+            c(x[0])
+        if state == "eval":
+            m.eval()
+            c.eval()
+        m2, c2 = dup(m), dup(c)
+        y, _ = m(x)
+        y2, _ = m2(x)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(state_tuple(cell, c(x[0]))[0], state_tuple(cell, c2(x[0]))[0])
+        if state == "pending":
+            m2_fresh = dup(m)
+            with pytest.raises(RuntimeError, match="needs a preceding training-mode forward"):
+                m2_fresh.backward(np.ones_like(y))
+            m.backward(np.ones_like(y))  # the original's own tape is untouched

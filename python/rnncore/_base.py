@@ -145,3 +145,21 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    # The C++ objects (workspaces, pending backward steps) are not part of the model: a pickled or
+    # copied module leaves them behind and builds fresh ones, so the copy computes the same
+    # outputs and has no pending backward.
+    _core_state = ()
+
+    def _init_core(self):
+        pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in self._core_state:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_core()

@@ -39,6 +39,11 @@ class _CellBase(Module):
             self._add_param("bias_hh", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
         if self.cell_info.peephole_rows:
             self._add_param("weight_peephole", rng.uniform(-k, k, (self.cell_info.peephole_rows, H)))
+        self._init_core()
+
+    _core_state = ("_steps", "_inference_stack")
+
+    def _init_core(self):
         self._steps = []  # stacks (workspaces) of forward steps not yet back-propagated (LIFO)
         self._inference_stack = self._new_stack()
 

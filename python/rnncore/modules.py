@@ -37,12 +37,17 @@ class _RNNBase(Module):
         self.cell_info = _registry.info(cell)
         self.gates = self.cell_info.gates
         self._rng = np.random.default_rng(seed)
-        self._tape = None  # (T, B, unbatched) of the training forward that backward consumes
         self._init_params()
+        self._init_core()
+
+    _core_state = ("_stack", "_tape")
+
+    def _init_core(self):
         # The C++ stack: all layers and directions in one call; it keeps the training workspace
         # between steps so its memory is reused (eval() releases it).
-        self._stack = _core.Stack(cell, self.input_size, self.hidden_size, self.num_layers,
+        self._stack = _core.Stack(self.cell, self.input_size, self.hidden_size, self.num_layers,
                                   self.bidirectional, self.dtype)
+        self._tape = None  # (T, B, unbatched) of the training forward that backward consumes
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffix(self, direction):
