@@ -105,19 +105,6 @@ struct Problem {
 // tests/test_kernel_paths.py); this check covers what the fast driver adds around it: packing,
 // row tiles and lane tails, the thread split, the hoisted GEMMs and reductions.
 
-template <int N, class F>
-void for_each_phase(F&& f) {
-  [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, P>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
-template <int N, class F>
-void for_each_phase_reversed(F&& f) {
-  [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, N - 1 - P>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
-
 // out[r] = sum_k w[r * K + k] * a[k], for r < rows
 void naive_matvec(const double* w, Index rows, Index K, const double* a, double* out) {
   for (Index r = 0; r < rows; ++r) {
@@ -151,7 +138,7 @@ struct NaiveSequence {
         double* op = Cell::kOperandSlot >= 0 ? st + Cell::kOperandSlot * H : operand.data();
         naive_matvec(w_ih.data(), G * H, I, x.data() + (t * B + b) * I, gx.data());
         for (Index k = 0; k < G * H; ++k) gx[k] += b_ih[k];
-        for_each_phase<NP>([&](auto phase) {
+        rnncore::for_each_phase<NP>([&](auto phase) {
           constexpr int ph = decltype(phase)::value;
           constexpr int g0 = Cell::kPhaseFirstGate[ph], g1 = Cell::kPhaseFirstGate[ph + 1];
           naive_matvec(w_hh.data() + g0 * H * H, (g1 - g0) * H, H,
@@ -185,7 +172,7 @@ struct NaiveSequence {
         r.c_prev = c.data() + row_now, r.c = c.data() + row_next;
         r.peephole = peephole.data(), r.dpeephole = dpeephole.data(), r.doperand = doperand.data();
         r.H = H;
-        for_each_phase_reversed<NP>([&](auto phase) {
+        rnncore::for_each_phase_reversed<NP>([&](auto phase) {
           constexpr int ph = decltype(phase)::value;
           constexpr int g0 = Cell::kPhaseFirstGate[ph], g1 = Cell::kPhaseFirstGate[ph + 1];
           for (Index j = 0; j < H; ++j) Cell::template backward<ph, double>(r, j);

@@ -69,20 +69,6 @@ inline constexpr Index kInferenceChunkRows = 1024;
 
 // ---- small helpers ----------------------------------------------------------------------------
 
-// Calls f(std::integral_constant<int, phase>) for each phase, in order or reversed.
-template <int Phases, class F>
-void for_each_phase(F&& f) {
-  [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, P>{}), ...);
-  }(std::make_integer_sequence<int, Phases>{});
-}
-template <int Phases, class F>
-void for_each_phase_reversed(F&& f) {
-  [&]<int... P>(std::integer_sequence<int, P...>) {
-    (f(std::integral_constant<int, Phases - 1 - P>{}), ...);
-  }(std::make_integer_sequence<int, Phases>{});
-}
-
 // The hidden units [begin, end) one thread of the time loop owns.
 struct UnitSlice {
   Index begin = 0, end = 0, width = 0;

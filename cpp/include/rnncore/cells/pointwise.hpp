@@ -8,9 +8,27 @@
 // gives every thread its own slice [j_begin, j_end) of hidden units with its own packed buffers.
 #pragma once
 
+#include <type_traits>
+#include <utility>
+
 #include "rnncore/common.hpp"
 
 namespace rnncore {
+
+// Calls f(std::integral_constant<int, p>{}) for each phase p < Phases of a cell's step (its
+// kPhases), in order or reversed: the phase is a compile-time constant for forward<p>/backward<p>.
+template <int Phases, class F>
+void for_each_phase(F&& f) {
+  [&]<int... P>(std::integer_sequence<int, P...>) {
+    (f(std::integral_constant<int, P>{}), ...);
+  }(std::make_integer_sequence<int, Phases>{});
+}
+template <int Phases, class F>
+void for_each_phase_reversed(F&& f) {
+  [&]<int... P>(std::integer_sequence<int, P...>) {
+    (f(std::integral_constant<int, Phases - 1 - P>{}), ...);
+  }(std::make_integer_sequence<int, Phases>{});
+}
 
 template <class T>
 struct ForwardRow {
