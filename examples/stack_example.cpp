@@ -60,10 +60,10 @@ struct Network {
   Real step(const std::vector<Real>& x, const std::vector<Real>& target,
             const rnncore::Dropout& dropout, rnncore::StackWorkspace<Real>& ws, bool backprop) {
     const Index T = shape.seq_len, B = shape.batch, DH = shape.directions() * shape.hidden_size;
-    const Index states = shape.num_layers * shape.directions() * B * shape.hidden_size;
-    std::vector<Real> y(T * B * DH), h_n(states), c_n(states);
+    std::vector<Real> y(T * B * DH);
+    // Zero initial states (nullptr h0, c0), no lengths, and no use for the final states h_n, c_n.
     rnncore::forward_training<Cell, Real>(shape, stack_weights(), dropout, x.data(), nullptr,
-                                          nullptr, nullptr, y.data(), h_n.data(), c_n.data(), ws);
+                                          nullptr, nullptr, y.data(), nullptr, nullptr, ws);
     Real loss = 0;
     std::vector<Real> dy(y.size());
     for (Index r = 0; r < T * B; ++r) {
@@ -78,11 +78,9 @@ struct Network {
       }
       dreadout[DH] += dout;
     }
-    if (backprop) {
-      std::vector<Real> dx(x.size()), dh0(states), dc0(states);
-      rnncore::backward<Cell, Real>(stack_weights(), ws, dy.data(), nullptr, nullptr, dx.data(),
-                                    dh0.data(), dc0.data(), stack_gradients());
-    }
+    if (backprop)  // only the parameter gradients are wanted: no dx, dh0, dc0
+      rnncore::backward<Cell, Real>(stack_weights(), ws, dy.data(), nullptr, nullptr, nullptr,
+                                    nullptr, nullptr, stack_gradients());
     return loss;
   }
 

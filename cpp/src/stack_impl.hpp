@@ -65,7 +65,13 @@ void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Drop
   const Index L = shape.num_layers, D = shape.directions();
   const Index layer_outputs = shape.seq_len * shape.batch * D * shape.hidden_size;
   const BiasFallback<T> biases(Cell::kGates * shape.hidden_size);
+  // Final states the caller does not want still have to go somewhere: the sequence driver
+  // writes them as it goes.
+  const Index states = L * D * shape.batch * shape.hidden_size;
+  Buffer<T> unwanted_h(h_n ? 0 : states), unwanted_c(Cell::kHasCellState && !c_n ? states : 0);
+  if (!h_n) h_n = unwanted_h.data();
   if (!Cell::kHasCellState) c_n = nullptr;
+  else if (!c_n) c_n = unwanted_c.data();
   // Inference keeps its buffers for this call only; training keeps them in the workspace.
   Buffer<T> local_between[2], local_directions;
   Buffer<T>* between = local_between;

@@ -16,7 +16,7 @@
 // Weights: StackWeights::layers[l*D + d] holds layer l, direction d, in PyTorch's layout with
 // input size I for layer 0 and D*H above it. Biases may be nullptr (a layer without biases).
 // c0, c_n, dc_n, dc0 are ignored by cells without a cell state; h0/c0/dh_n/dc_n/dy may be nullptr
-// (zeros); dx, dh0, dc0 may be nullptr (not wanted).
+// (zeros); h_n, c_n, dx, dh0, dc0 may be nullptr (not wanted). y is always written.
 // Lengths as in sequence.hpp (validated there, by Schedule): the same lengths apply to every
 // layer; outputs past a sequence's length are zero in every layer.
 //
