@@ -79,6 +79,15 @@ py::array_t<T> empty(const std::vector<Index>& shape) {
   return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
+// An output that only cells with a cell state have: (array, its data) or (None, nullptr).
+template <class T>
+std::pair<py::object, T*> optional_output(bool wanted, const std::vector<Index>& shape) {
+  if (!wanted) return {py::none(), nullptr};
+  auto a = empty<T>(shape);
+  T* data = a.mutable_data();
+  return {std::move(a), data};
+}
+
 py::object lookup(const py::dict& d, const std::string& key) {
   return d.contains(key) ? py::reinterpret_borrow<py::object>(d[py::str(key)]) : py::none();
 }
@@ -198,13 +207,7 @@ class Stack {
     const int64_t* lp = lengths.is_none() ? nullptr : checked<const int64_t>(lengths, "lengths", {B});
     auto y = empty<T>({shape.seq_len, B, directions() * H});
     auto h_n = empty<T>(states);
-    py::object c_n = py::none();
-    T* cnp = nullptr;
-    if (cell_state) {
-      auto c = empty<T>(states);
-      cnp = c.mutable_data();
-      c_n = c;
-    }
+    auto [c_n, cnp] = optional_output<T>(cell_state, states);
     T* yp = y.mutable_data();
     T* hnp = h_n.mutable_data();
     const rnncore::Dropout drop{dropout, seed};
@@ -239,13 +242,7 @@ class Stack {
     const T* dcnp = cell_state ? optional_checked<const T>(dc_n, "dc_n", states) : nullptr;
     auto dx = empty<T>({T_, B, shape.input_size});
     auto dh0 = empty<T>(states);
-    py::object dc0 = py::none();
-    T* dc0p = nullptr;
-    if (cell_state) {
-      auto a = empty<T>(states);
-      dc0p = a.mutable_data();
-      dc0 = a;
-    }
+    auto [dc0, dc0p] = optional_output<T>(cell_state, states);
     T* dxp = dx.mutable_data();
     T* dh0p = dh0.mutable_data();
     {

@@ -12,8 +12,7 @@
 namespace rnncore {
 namespace detail {
 
-template <class T>
-void check_weight_count(const StackShape& shape, std::size_t count, const char* what) {
+inline void check_weight_count(const StackShape& shape, std::size_t count, const char* what) {
   const std::size_t expected = std::size_t(shape.num_layers * shape.directions());
   if (count != expected)
     throw std::invalid_argument(std::string(what) + " holds " + std::to_string(count) +
@@ -60,7 +59,7 @@ template <class Cell, class T, bool kTrain>
 void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Dropout& dropout,
                    const T* x, const T* h0, const T* c0, const int64_t* lengths, T* y, T* h_n,
                    T* c_n, StackWorkspace<T>* ws) {
-  check_weight_count<T>(shape, w.layers.size(), "weights");
+  check_weight_count(shape, w.layers.size(), "weights");
   check_dropout(dropout);
   const Index L = shape.num_layers, D = shape.directions();
   const Index layer_outputs = shape.seq_len * shape.batch * D * shape.hidden_size;
@@ -145,8 +144,8 @@ void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy
                     const T* dc_n, T* dx, T* dh0, T* dc0, const StackGradients<T>& grads) {
   ws.require_ready();
   const StackShape& shape = ws.shape;
-  check_weight_count<T>(shape, w.layers.size(), "weights");
-  check_weight_count<T>(shape, grads.layers.size(), "gradients");
+  check_weight_count(shape, w.layers.size(), "weights");
+  check_weight_count(shape, grads.layers.size(), "gradients");
   ws.ready = false;
   if (!Cell::kHasCellState) dc_n = nullptr, dc0 = nullptr;
   const Index L = shape.num_layers, D = shape.directions();

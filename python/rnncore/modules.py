@@ -88,11 +88,7 @@ class _RNNBase(Module):
             raise ValueError(f"x must have input_size={self.input_size} features in its last "
                              f"dimension, got shape {x.shape}")
         unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        return x, unbatched
+        return self._to_time_major(x, unbatched), unbatched
 
     def _state_shape(self, batch, unbatched):
         LD = self.num_layers * self.num_directions
