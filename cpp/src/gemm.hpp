@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "rnncore/common.hpp"
+#include "team.hpp"
 #include "thread_split.hpp"
 
 namespace rnncore {
@@ -59,17 +60,16 @@ void parallel_gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T*
                       T* c, Index ldc, bool accumulate, int max_threads) {
   const int threads = gemm_threads(m, n, k, max_threads);
   const bool split_rows = m >= n;
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-  for (int p = 0; p < threads; ++p) {
+  parallel_parts(threads, [&](int p) {
     const Index len = split_rows ? m : n;
     const Index lo = split_point(len, p, threads, kThreadSplitAlign);
     const Index hi = split_point(len, p + 1, threads, kThreadSplitAlign);
-    if (hi <= lo) continue;
+    if (hi <= lo) return;
     if (split_rows)
       gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, accumulate);
     else
       gemm_tn(m, hi - lo, k, a, lda, b + lo, ldb, c + lo, ldc, accumulate);
-  }
+  });
 }
 
 }  // namespace detail

@@ -20,6 +20,7 @@
 
 #include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
+#include "team.hpp"
 #include "thread_split.hpp"
 
 namespace rnncore {
@@ -248,12 +249,11 @@ void parallel_packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>
                           T* c, Index ldc, bool accumulate, int max_threads) {
   if (m <= 0 || w.n <= 0) return;
   const int threads = gemm_threads(m, w.n, w.k, max_threads);
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-  for (int p = 0; p < threads; ++p) {
+  parallel_parts(threads, [&](int p) {
     const Index lo = split_point(m, p, threads, kThreadSplitAlign);
     const Index hi = split_point(m, p + 1, threads, kThreadSplitAlign);
     if (hi > lo) packed_gemm(hi - lo, a + lo * lda, lda, w, c + lo * ldc, ldc, accumulate);
-  }
+  });
 }
 
 }  // namespace detail

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <exception>
 #include <functional>
 #include <vector>
@@ -15,7 +16,58 @@ namespace rnncore {
 namespace {
 std::atomic<int> g_num_threads{0};
 thread_local int t_thread_limit = 0;  // 0: no limit
+std::atomic<InterruptCheck> g_interrupt_check{nullptr};
+thread_local detail::Interruption* t_interruption = nullptr;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 }  // namespace
+
+void set_interrupt_check(InterruptCheck check) { g_interrupt_check.store(check); }
+
+namespace detail {
+
+bool Interruption::poll() {
+  if (requested()) return true;
+  const InterruptCheck check = g_interrupt_check.load();
+  if (check && check()) stop_.store(true, std::memory_order_relaxed);
+  return requested();
+}
+
+Interruption* current_interruption() { return t_interruption; }
+
+InterruptScope::InterruptScope(Interruption* in) : saved_(t_interruption) {
+  if (in)
+    t_interruption = in;
+  else if (!t_interruption)
+    t_interruption = &own_;
+}
+InterruptScope::~InterruptScope() { t_interruption = saved_; }
+Interruption* InterruptScope::get() const { return t_interruption; }
+
+bool PollTimer::due() {
+  if (--countdown_ > 0) return false;
+  constexpr std::int64_t kPoll = std::int64_t(kInterruptPollSeconds * 1e9);
+  constexpr std::int64_t kMaxStride = std::int64_t(1) << 20;
+  const std::int64_t now = now_ns();
+  if (last_check_ns_ >= 0) {
+    const std::int64_t since = now - last_check_ns_;
+    if (since < kPoll / 8 && stride_ < kMaxStride) stride_ *= 2;
+    else if (since > kPoll / 2 && stride_ > 1) stride_ /= 2;
+  } else {
+    last_poll_ns_ = now;
+  }
+  last_check_ns_ = now;
+  countdown_ = stride_;
+  if (now - last_poll_ns_ < kPoll) return false;
+  last_poll_ns_ = now;
+  return true;
+}
+
+}  // namespace detail
 
 void set_num_threads(int n) { g_num_threads.store(n > 0 ? n : 0); }
 
@@ -44,12 +96,15 @@ void run_independent(const std::vector<std::function<void()>>& calls, bool each_
     for (const auto& call : calls) call();
     return;
   }
-  // One thread per call; an exception in one is rethrown after all have finished.
+  // One thread per call; an exception in one is rethrown after all have finished. The calls
+  // share the caller's interruption, so a stop requested while one runs stops them all.
   std::vector<std::exception_ptr> errors(calls.size());
   const int team = int(std::min<std::size_t>(std::size_t(threads), calls.size()));
+  detail::Interruption* const interruption = detail::current_interruption();
 #pragma omp parallel for num_threads(team) schedule(static, 1)
   for (std::size_t i = 0; i < calls.size(); ++i) {
     ThreadLimit one(1);
+    detail::InterruptScope scope(interruption);
     try {
       calls[i]();
     } catch (...) {

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -38,6 +39,7 @@
 #include "packed_gemm.hpp"
 #include "rnncore/runtime.hpp"
 #include "rnncore/sequence.hpp"
+#include "team.hpp"
 #include "thread_split.hpp"
 
 namespace rnncore {
@@ -141,8 +143,7 @@ template <class T>
 void add_column_sums(Index rows, Index cols, const T* src, Index ld, T* dst, int max_threads) {
   const int threads =
       int(std::max<Index>(1, std::min<Index>(max_threads, rows * cols / kMinValuesPerThread)));
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-  for (int p = 0; p < threads; ++p) {
+  parallel_parts(threads, [&](int p) {
     const Index lo = split_point(cols, p, threads, kThreadSplitAlign);
     const Index hi = split_point(cols, p + 1, threads, kThreadSplitAlign);
     for (Index r = 0; r < rows; ++r) {
@@ -150,7 +151,7 @@ void add_column_sums(Index rows, Index cols, const T* src, Index ld, T* dst, int
 #pragma omp simd
       for (Index k = lo; k < hi; ++k) dst[k] += s[k];
     }
-  }
+  });
 }
 
 // A state (B, H) in batch order into sorted row order (zeros when src is null).
@@ -506,23 +507,34 @@ void forward_time_loop(const ForwardCall<T>& call, const TimeLoopSplit& split,
   const Index H = call.shape.hidden_size;
   const Index gh_per_thread = split.max_batch * Cell::kGates * split.slices.widest;
   Buffer<T> gh(split.threads * gh_per_thread);  // each thread's recurrent product of a phase
+  Team team;
 #pragma omp parallel num_threads(split.threads) if (split.threads > 1)
   {
     const int thread = omp_get_thread_num();
     const UnitSlice slice = split.slices[thread];
     PackedWeights<T> w_hh[Cell::kPhases];
-    pack_recurrent_slice<Cell>(call.w.w_hh, H, slice, RecurrentProduct::kForward, w_hh);
-    auto steps = steps_for(thread, slice);
-    keep_initial_states<Cell>(call, split.max_batch, slice, initial_h, initial_c);
-    T* thread_gh = gh.data() + thread * gh_per_thread;
-    for (Index s = 0; s < sc.steps; ++s) {
-      const StepRows<T> rows = steps.rows_of_step(s);
-      forward_step<Cell, T, kTrain>(rows, sc.batch_sizes[s], slice, w_hh, thread_gh, call.w, H,
-                                    split.threads > 1);
-      write_step_outputs<Cell>(call, s, rows, slice);
-      steps.end_step();
+    std::optional<decltype(steps_for(thread, slice))> steps;
+    team.guard([&] {  // allocates: a failure must not leave the region
+      pack_recurrent_slice<Cell>(call.w.w_hh, H, slice, RecurrentProduct::kForward, w_hh);
+      steps.emplace(steps_for(thread, slice));
+    });
+    if (split.threads > 1) {
+#pragma omp barrier
+    }
+    if (!team.failed()) {
+      keep_initial_states<Cell>(call, split.max_batch, slice, initial_h, initial_c);
+      T* thread_gh = gh.data() + thread * gh_per_thread;
+      for (Index s = 0; s < sc.steps; ++s) {
+        if (team.stop_at(s, thread)) break;
+        const StepRows<T> rows = steps->rows_of_step(s);
+        forward_step<Cell, T, kTrain>(rows, sc.batch_sizes[s], slice, w_hh, thread_gh, call.w, H,
+                                      split.threads > 1);
+        write_step_outputs<Cell>(call, s, rows, slice);
+        steps->end_step();
+      }
     }
   }
+  team.finish();
 }
 
 template <class Cell, class T, bool kTrain>
@@ -563,13 +575,26 @@ class BackwardTimeLoop {
 
   void run() {
     const TimeLoopSplit split = time_loop_split<Cell, T>(sc_, H_);
+    Team team;
 #pragma omp parallel num_threads(split.threads) if (split.threads > 1)
     {
-      const UnitSlice slice = split.slices[omp_get_thread_num()];
+      const int thread = omp_get_thread_num();
+      const UnitSlice slice = split.slices[thread];
       PackedWeights<T> w_hh[Cell::kPhases];
-      pack_recurrent_slice<Cell>(w_.w_hh, H_, slice, RecurrentProduct::kBackward, w_hh);
-      for (Index s = sc_.steps - 1; s >= 0; --s) step(s, slice, w_hh, split.threads > 1);
+      team.guard([&] {  // allocates: a failure must not leave the region
+        pack_recurrent_slice<Cell>(w_.w_hh, H_, slice, RecurrentProduct::kBackward, w_hh);
+      });
+      if (split.threads > 1) {
+#pragma omp barrier
+      }
+      if (!team.failed()) {
+        for (Index n = 0; n < sc_.steps; ++n) {
+          if (team.stop_at(n, thread)) break;
+          step(sc_.steps - 1 - n, slice, w_hh, split.threads > 1);
+        }
+      }
     }
+    team.finish();
   }
 
  private:
@@ -733,6 +758,7 @@ template <class Cell, class T>
 void forward_inference(const SequenceShape& shape, const LayerWeights<T>& w, const T* x,
                        const T* h0, const T* c0, const int64_t* lengths, bool reverse, T* y, T* h_n,
                        T* c_n) {
+  detail::InterruptScope interruptible;
   const Schedule sc(shape.seq_len, shape.batch, lengths, reverse);
   detail::forward_impl<Cell, T, false>({shape, sc, w, x, h0, c0, y, h_n, c_n}, nullptr);
 }
@@ -743,6 +769,7 @@ void forward_training(const SequenceShape& shape, const LayerWeights<T>& w, cons
                       T* c_n, TrainingWorkspace<T>& ws) {
   // Buffers keep their capacity from earlier calls: a training loop then reuses the same pages
   // instead of faulting in fresh ones every step (release() frees them).
+  detail::InterruptScope interruptible;
   ws.ready = false;
   ws.shape = shape;
   ws.schedule = Schedule(shape.seq_len, shape.batch, lengths, reverse);
@@ -757,6 +784,7 @@ void backward(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, c
     throw std::logic_error(
         "backward() needs the workspace of a training-mode forward; it was never filled or was "
         "already consumed by an earlier backward()");
+  detail::InterruptScope interruptible;
   ws.ready = false;
   detail::backward_impl<Cell, T>(w, ws, dy, dh_n, dc_n, dx, dh0, dc0, grads);
 }

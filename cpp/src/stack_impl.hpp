@@ -59,6 +59,7 @@ template <class Cell, class T, bool kTrain>
 void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Dropout& dropout,
                    const T* x, const T* h0, const T* c0, const int64_t* lengths, T* y, T* h_n,
                    T* c_n, StackWorkspace<T>* ws) {
+  InterruptScope interruptible;  // one for all layers and directions of the call
   check_weight_count(shape, w.layers.size(), "weights");
   check_dropout(dropout);
   const Index L = shape.num_layers, D = shape.directions();
@@ -142,6 +143,7 @@ void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer
 template <class Cell, class T>
 void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy, const T* dh_n,
                     const T* dc_n, T* dx, T* dh0, T* dc0, const StackGradients<T>& grads) {
+  InterruptScope interruptible;  // one for all layers and directions of the call
   ws.require_ready();
   const StackShape& shape = ws.shape;
   check_weight_count(shape, w.layers.size(), "weights");

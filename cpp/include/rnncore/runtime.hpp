@@ -1,5 +1,9 @@
-// Thread control for every rnncore kernel.
+// Thread control and interruption for every rnncore kernel.
 #pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
 
 namespace rnncore {
 
@@ -22,4 +26,69 @@ class ThreadLimit {
   int saved_;
 };
 
+// ---- interruption ------------------------------------------------------------------------------
+// A long call (a forward or backward over many steps) can be stopped between time steps: the host
+// installs a check (the Python bindings: "is a signal such as Ctrl-C pending?"), the time loops
+// call it every kInterruptPollSeconds or so from the thread that made the call, and when it says
+// yes every thread of the call leaves its loop at the same step and the call throws Interrupted.
+// A stopped training forward leaves no workspace to back-propagate; a stopped backward may have
+// added part of the parameter gradients.
+class Interrupted : public std::exception {
+ public:
+  const char* what() const noexcept override { return "rnncore call interrupted"; }
+};
+
+// The host's check; called without any lock held, from the thread that made the call or from
+// threads of its team. nullptr (the default): calls are never interrupted.
+using InterruptCheck = bool (*)();
+void set_interrupt_check(InterruptCheck check);
+
+// Seconds between two calls of the check during a time loop (about; the loops count steps and
+// read the clock only every so many of them).
+inline constexpr double kInterruptPollSeconds = 0.02;
+
+namespace detail {
+
+// The interruption state of one top-level call, shared by every thread working for it.
+class Interruption {
+ public:
+  bool requested() const { return stop_.load(std::memory_order_relaxed); }
+  // Runs the host's check (if any); true once it has said stop.
+  bool poll();
+
+ private:
+  std::atomic<bool> stop_{false};
+};
+
+// The Interruption of the call this thread works for, or nullptr outside any call.
+Interruption* current_interruption();
+
+// While alive, makes `in` (or, when nullptr and there is none yet, a new one) this thread's
+// current Interruption; nested scopes share the outermost one.
+class InterruptScope {
+ public:
+  explicit InterruptScope(Interruption* in = nullptr);
+  ~InterruptScope();
+  InterruptScope(const InterruptScope&) = delete;
+  InterruptScope& operator=(const InterruptScope&) = delete;
+  Interruption* get() const;
+
+ private:
+  Interruption own_;
+  Interruption* saved_;
+};
+
+// Step counter of a time loop that says when enough time has passed to poll again: it reads the
+// clock only every `stride` steps and adapts the stride so that happens about every
+// kInterruptPollSeconds / 4, whatever a step costs (a step of a few hundred nanoseconds pays
+// about one clock read per thousand steps).
+class PollTimer {
+ public:
+  bool due();
+
+ private:
+  std::int64_t stride_ = 1, countdown_ = 1, last_check_ns_ = -1, last_poll_ns_ = -1;
+};
+
+}  // namespace detail
 }  // namespace rnncore
