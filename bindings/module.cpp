@@ -11,6 +11,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <exception>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -92,6 +94,42 @@ py::object lookup(const py::dict& d, const std::string& key) {
   return d.contains(key) ? py::reinterpret_borrow<py::object>(d[py::str(key)]) : py::none();
 }
 
+// Ctrl-C during a long call (runtime.hpp, "interruption"): the time loops ask this every few tens
+// of milliseconds. Python runs signal handlers in its main thread only, so only that thread looks;
+// a handler's exception (KeyboardInterrupt) stays set for the call to raise when it returns.
+unsigned long g_main_thread_ident = 0;
+
+bool python_signal_pending() {
+  if (PyThread_get_thread_ident() != g_main_thread_ident) return false;
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// Runs f without the GIL. An exception set meanwhile by a signal handler wins over f's outcome
+// (a finished call's results are dropped, as Python drops a statement's when Ctrl-C arrives); an
+// interrupted call without one (stopped on another thread's request) raises KeyboardInterrupt.
+template <class F>
+void run_without_gil(F&& f) {
+  std::exception_ptr error;
+  bool interrupted = false;
+  {
+    py::gil_scoped_release nogil;
+    try {
+      f();
+    } catch (const rnncore::Interrupted&) {
+      interrupted = true;
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();
+  if (interrupted) {
+    PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
@@ -114,6 +152,7 @@ class Stack {
   py::tuple forward(const py::object& x, const py::dict& params, const py::object& h0,
                     const py::object& c0, const py::object& lengths, bool training,
                     double dropout, uint64_t seed) {
+    const auto lock = lock_without_gil();
     return std::visit([&](auto& ws) { return forward_t(ws, x, params, h0, c0, lengths, training,
                                                        dropout, seed); },
                       workspace_);
@@ -121,17 +160,21 @@ class Stack {
 
   py::tuple backward(const py::object& dy, const py::dict& params, const py::dict& grads,
                      const py::object& dh_n, const py::object& dc_n) {
+    const auto lock = lock_without_gil();
     return std::visit([&](auto& ws) { return backward_t(ws, dy, params, grads, dh_n, dc_n); },
                       workspace_);
   }
 
-  bool ready() const {
+  bool ready() {
+    const auto lock = lock_without_gil();
     return std::visit([](const auto& ws) { return ws.ready; }, workspace_);
   }
-  std::size_t nbytes() const {
+  std::size_t nbytes() {
+    const auto lock = lock_without_gil();
     return std::visit([](const auto& ws) { return ws.bytes(); }, workspace_);
   }
   void release() {
+    const auto lock = lock_without_gil();
     std::visit([](auto& ws) { ws.release(); }, workspace_);
   }
   std::string cell() const { return info_.name; }
@@ -142,6 +185,19 @@ class Stack {
   }
 
  private:
+  // One call at a time per stack: the workspace is resized, filled and freed while the GIL is
+  // released, so calls from several Python threads on one stack wait for each other here (stacks
+  // of different modules run concurrently). The GIL is released while waiting, so the holder can
+  // finish.
+  std::unique_lock<std::mutex> lock_without_gil() {
+    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+    if (!lock.try_lock()) {
+      py::gil_scoped_release nogil;
+      lock.lock();
+    }
+    return lock;
+  }
+
   Index directions() const { return shape_.directions(); }
   Index entries() const { return shape_.num_layers * directions(); }
 
@@ -152,8 +208,11 @@ class Stack {
   // The parameters (or, with `gradient`, the gradient arrays) of every layer-direction, found
   // by name in `d` and checked against the shapes the cell and sizes imply. Biases may be
   // absent (a module built with bias=False), but then both of a layer-direction's are.
+  // The arrays read are appended to `keep`, which holds them alive for the call (another thread
+  // could replace an entry of the dict while this one runs without the GIL).
   template <class Slots, class T>
-  std::vector<Slots> read_layers(const py::dict& d, const char* what, bool gradient) const {
+  std::vector<Slots> read_layers(const py::dict& d, const char* what, bool gradient,
+                                 std::vector<py::object>& keep) const {
     const Index G = info_.gates, H = shape_.hidden_size;
     std::vector<Slots> out(static_cast<std::size_t>(entries()));
     for (Index l = 0; l < shape_.num_layers; ++l) {
@@ -161,9 +220,11 @@ class Stack {
         const std::string s = suffix(l, dir);
         auto name = [&](const char* stem) { return std::string(what) + "[" + stem + s + "]"; };
         auto get = [&](const char* stem, const std::vector<Index>& shape) -> T* {
-          const py::object a = lookup(d, stem + s);
+          py::object a = lookup(d, stem + s);
           if (a.is_none()) return nullptr;
-          return checked<T>(a, name(stem), shape, gradient);
+          T* data = checked<T>(a, name(stem), shape, gradient);
+          keep.push_back(std::move(a));
+          return data;
         };
         auto require = [&](const char* stem, T* p) {
           if (!p) throw py::key_error(std::string(what) + " has no '" + stem + s + "'");
@@ -190,8 +251,9 @@ class Stack {
   py::tuple forward_t(rnncore::StackWorkspace<T>& ws, const py::object& x, const py::dict& params,
                       const py::object& h0, const py::object& c0, const py::object& lengths,
                       bool training, double dropout, uint64_t seed) {
+    std::vector<py::object> keep;
     rnncore::StackWeights<T> w;
-    w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false);
+    w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false, keep);
     if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
       throw py::value_error("x must be a 3-D array (T, B, I)");
     auto xa = py::reinterpret_borrow<py::array>(x);
@@ -211,8 +273,7 @@ class Stack {
     T* yp = y.mutable_data();
     T* hnp = h_n.mutable_data();
     const rnncore::Dropout drop{dropout, seed};
-    {
-      py::gil_scoped_release release;
+    run_without_gil([&] {
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         if (training)
@@ -220,7 +281,7 @@ class Stack {
         else
           rnncore::forward_inference<Cell, T>(shape, w, xp, h0p, c0p, lp, yp, hnp, cnp);
       });
-    }
+    });
     return py::make_tuple(y, h_n, c_n);
   }
 
@@ -229,10 +290,11 @@ class Stack {
                        const py::dict& params, const py::dict& grads, const py::object& dh_n,
                        const py::object& dc_n) {
     ws.require_ready();  // before its shape is used to check dy and the states
+    std::vector<py::object> keep;
     rnncore::StackWeights<T> w;
-    w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false);
+    w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false, keep);
     rnncore::StackGradients<T> g;
-    g.layers = read_layers<rnncore::LayerGradients<T>, T>(grads, "grads", true);
+    g.layers = read_layers<rnncore::LayerGradients<T>, T>(grads, "grads", true, keep);
     const rnncore::StackShape& shape = ws.shape;
     const Index T_ = shape.seq_len, B = shape.batch, H = shape.hidden_size;
     const std::vector<Index> states{entries(), B, H};
@@ -245,18 +307,18 @@ class Stack {
     auto [dc0, dc0p] = optional_output<T>(cell_state, states);
     T* dxp = dx.mutable_data();
     T* dh0p = dh0.mutable_data();
-    {
-      py::gil_scoped_release release;
+    run_without_gil([&] {
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         rnncore::backward<Cell, T>(w, ws, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);
       });
-    }
+    });
     return py::make_tuple(dx, dh0, dc0);
   }
 
   const rnncore::CellInfo& info_;
   rnncore::StackShape shape_;
+  std::mutex mutex_;
   std::variant<rnncore::StackWorkspace<float>, rnncore::StackWorkspace<double>> workspace_;
 };
 
@@ -288,6 +350,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("cell", &Stack::cell)
       .def_property_readonly("dtype", &Stack::dtype)
       .def("release", &Stack::release, "Frees the workspace.");
+  g_main_thread_ident =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  rnncore::set_interrupt_check(&python_signal_pending);
   m.def("set_num_threads", &rnncore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &rnncore::get_num_threads);
   // The registry (cells.hpp), which the Python layer reads instead of keeping a list of its own.
