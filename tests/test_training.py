@@ -38,14 +38,15 @@ def test_main_job_rejects_bad_arguments():
 
 def test_gru_many_to_one_classifier_learns_sequence_parity_of_first_two():
     """A many-to-one classifier: XOR of the first two bits of a 10-step sequence, read from h_n.
-    Only BPTT through 8+ steps can solve it."""
+    Only BPTT through 8+ steps can solve it. (16 units and 300 steps solved it for 5 of 8 seeds;
+    32 units and 400 steps for each of seeds 0-11, final losses <= 0.003.)"""
     rng = np.random.default_rng(0)
-    net = rnncore.GRU(1, 16, seed=0)
-    w = rng.standard_normal((2, 16)).astype(np.float32) * 0.1
+    net = rnncore.GRU(1, 32, seed=0)
+    w = rng.standard_normal((2, 32)).astype(np.float32) * 0.1
     params = {"w": w}
     losses = []
     opt_net = Adam(net, lr=2e-2)
-    for step in range(300):
+    for step in range(400):
         bits = rng.integers(0, 2, size=(10, 32, 1)).astype(np.float32)
         labels = (bits[0, :, 0] != bits[1, :, 0]).astype(np.int64)
         _, h = net(bits * 2 - 1)
@@ -59,7 +60,7 @@ def test_gru_many_to_one_classifier_learns_sequence_parity_of_first_two():
         dh = (d @ params["w"])[None].astype(np.float32)
         params["w"] -= 0.2 * (d.T @ h[0])
         net.zero_grad()
-        net.backward(np.zeros((10, 32, 16), np.float32), dh)
+        net.backward(np.zeros((10, 32, 32), np.float32), dh)
         clip_grad_norm(net, 1.0)
         opt_net.step()
     assert np.mean(losses[:20]) > 0.6

@@ -5,12 +5,12 @@ this package wraps it in numpy modules with a PyTorch-like API. See README.md an
 """
 from ._core import get_num_threads, set_num_threads
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
-from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, RNNCell
+from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNNCell
 
 from ._core import __version__  # compiled in from CMakeLists.txt's project(VERSION), as is the wheel's
 
 __all__ = [
     "RNN", "LSTM", "PeepholeLSTM", "GRU",
     "RNNCell", "LSTMCell", "PeepholeLSTMCell", "GRUCell",
-    "set_num_threads", "get_num_threads",
+    "set_num_threads", "get_num_threads", "PendingStepsWarning",
 ]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import numbers
+import os
+import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -25,14 +28,32 @@ def float_dtype(dtype):
     return dt
 
 
+def _is_torch_tensor(value):
+    return hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy")
+
+
+# torch dtypes that numpy has; other floating ones (bfloat16, float8 ...) are widened to float32,
+# which holds every value of them exactly.
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def to_numpy(value):
+    """A numpy view or copy of value: torch tensors (any device, with or without grad, of any
+    float dtype torch has) become numpy arrays; anything else goes through np.asarray."""
+    if _is_torch_tensor(value):
+        t = value.detach().cpu()
+        if t.is_floating_point() and str(t.dtype) not in _NUMPY_FLOATS:
+            t = t.float()
+        return t.numpy(force=True)
+    return np.asarray(value)
+
+
 def as_array(name, value, dtype):
-    """Numeric array-like (numpy array, list, torch CPU tensor) -> C-contiguous array of dtype.
+    """Numeric array-like (numpy array, list, torch tensor) -> C-contiguous array of dtype.
 
     At most one copy: none when value is already a C-contiguous array of that dtype."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
-        value = value.detach().cpu().numpy()
     try:
-        a = np.asarray(value)
+        a = to_numpy(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from e
     if a.dtype.kind not in "fiu":
@@ -46,31 +67,64 @@ def check_shape(name, a, expected, what=""):
 
 
 def check_lengths(lengths, seq_len, batch):
-    """lengths -> int64 array (B,) with 0 <= len <= T, or None."""
+    """lengths -> int64 array (B,) with 0 <= len <= T, or None. Messages quote the value the
+    caller passed (a uint64 2**64-1 or a float 1e20 is reported as such, not as its int64 cast)."""
     if lengths is None:
         return None
-    if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-        lengths = lengths.detach().cpu().numpy()
-    a = np.asarray(lengths)
-    if a.dtype.kind not in "iu":
-        if a.dtype.kind == "f" and a.size and np.all(np.mod(a, 1) == 0):
-            a = a.astype(np.int64)
-        elif a.size or a.dtype.kind not in "f":
-            raise TypeError(f"lengths must be an integer array, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.int64)
+    a = to_numpy(lengths)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"lengths must be an integer array, got dtype {a.dtype}")
     check_shape("lengths", a, (batch,), " (one length per sequence of the batch)")
+    if a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            not_whole = ~np.isfinite(a) | (np.floor(a) != a)
+        bad = np.flatnonzero(not_whole)
+        if bad.size:
+            i = int(bad[0])
+            raise TypeError(f"lengths must be whole numbers (an integer array), got "
+                            f"lengths[{i}] = {a[i].item()!r}")
     bad = np.flatnonzero((a < 0) | (a > seq_len))
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"lengths must lie in [0, {seq_len}] (the sequence length), "
-                         f"got lengths[{i}] = {int(a[i])}")
+                         f"got lengths[{i}] = {a[i].item()!r}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _available_memory():
+    """Bytes the process could still get: MemAvailable + SwapFree (Linux), else the physical
+    memory, else None (unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+        return info["MemAvailable"] + info.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_parameter_memory(what, count, dtype):
+    """MemoryError, before anything is allocated, when `count` parameters of dtype and their
+    gradients cannot fit in the memory available (instead of the kernel killing the process
+    once the pages are touched)."""
+    needed = 2 * int(count) * np.dtype(dtype).itemsize
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(f"{what} has {count:,} parameters: with their gradients that is "
+                          f"{needed / 2**30:,.1f} GiB of {np.dtype(dtype).name}, but only "
+                          f"{available / 2**30:,.1f} GiB of memory is available")
+
+
+def uniform(rng, bound, shape, dtype):
+    """U(-bound, bound) drawn straight in dtype (no float64 temporary for float32); for float64
+    the same numbers as rng.uniform(-bound, bound, shape)."""
+    a = rng.random(shape, dtype=np.dtype(dtype))
+    a *= a.dtype.type(2 * bound)
+    a -= a.dtype.type(bound)
     return a
-
-
-def to_numpy(value):
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 class Module:
@@ -78,6 +132,10 @@ class Module:
 
     `params[name]` arrays are updated in place by optimisers and by load_state_dict, so
     references to them stay valid. `grads` has the same keys and shapes; backward adds into it.
+
+    Threads: the calls of one module (forward, backward, train/eval, load_state_dict) take its
+    lock, so from several threads they run one at a time, each whole; different modules run
+    concurrently.
     """
 
     def __init__(self, dtype):
@@ -85,6 +143,7 @@ class Module:
         self.params = OrderedDict()
         self.grads = OrderedDict()
         self.training = True
+        self._lock = threading.RLock()
 
     def _add_param(self, name, value):
         self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
@@ -95,9 +154,10 @@ class Module:
             g.fill(0)
 
     def train(self, mode=True):
-        self.training = bool(mode)
-        if not self.training:
-            self._drop_tape()
+        with self._lock:
+            self.training = bool(mode)
+            if not self.training:
+                self._drop_tape()
         return self
 
     def eval(self):
@@ -111,13 +171,18 @@ class Module:
 
     def state_dict(self):
         """An OrderedDict of copies of the parameters, with PyTorch's names."""
-        return OrderedDict((k, v.copy()) for k, v in self.params.items())
+        with self._lock:
+            return OrderedDict((k, v.copy()) for k, v in self.params.items())
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copies values (numpy arrays or torch tensors) into the live parameter arrays.
+        """Copies values (numpy arrays or torch tensors of any float dtype) into the live
+        parameter arrays.
 
         strict: missing or unexpected keys raise KeyError listing them. A wrong shape raises
         ValueError naming the key and both shapes. Nothing is written unless all checks pass."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict({type(self).__name__}): state_dict must be a mapping "
+                            f"(dict) of parameter name -> array, got {type(state_dict).__name__}")
         keys = list(state_dict.keys())
         missing = [k for k in self.params if k not in state_dict]
         unexpected = [k for k in keys if k not in self.params]
@@ -132,34 +197,42 @@ class Module:
         for k in keys:
             if k not in self.params:
                 continue
-            v = to_numpy(state_dict[k])
+            try:
+                v = to_numpy(state_dict[k])
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"load_state_dict: {k} must be a numeric array, got "
+                                f"{type(state_dict[k]).__name__}") from e
             if v.dtype.kind not in "fiu":
                 raise TypeError(f"load_state_dict: {k} must be numeric, got dtype {v.dtype}")
             if tuple(v.shape) != self.params[k].shape:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(v.shape)}, "
                                  f"expected {self.params[k].shape}")
             staged.append((k, v))
-        for k, v in staged:
-            self.params[k][...] = v
+        with self._lock:
+            for k, v in staged:
+                self.params[k][...] = v
         return self
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    # The C++ objects (workspaces, pending backward steps) are not part of the model: a pickled or
-    # copied module leaves them behind and builds fresh ones, so the copy computes the same
-    # outputs and has no pending backward.
+    # The C++ objects (workspaces, pending backward steps) and the lock are not part of the model:
+    # a pickled or copied module leaves them behind and builds fresh ones, so the copy computes
+    # the same outputs and has no pending backward.
     _core_state = ()
 
     def _init_core(self):
         pass
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        with self._lock:
+            state = self.__dict__.copy()
+        state.pop("_lock", None)
         for name in self._core_state:
             state.pop(name, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._lock = threading.RLock()
         self._init_core()

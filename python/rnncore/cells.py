@@ -7,10 +7,19 @@ the gradient flowing into each step's new state. Parameter names are PyTorch's c
 """
 from __future__ import annotations
 
+import threading
+import warnings
+from collections import Counter
+
 import numpy as np
 
 from . import _core, _registry
-from ._base import Module, as_array, check_shape, positive_int
+from ._base import Module, as_array, check_parameter_memory, check_shape, positive_int, uniform
+
+
+class PendingStepsWarning(RuntimeWarning):
+    """A cell in training mode holds the workspaces of many forward steps that no backward has
+    consumed (memory grows with every step until backward(), eval() or clear_pending())."""
 
 
 class _CellBase(Module):
@@ -28,23 +37,33 @@ class _CellBase(Module):
         self.bias = bool(bias)
         self.cell = cell
         self.cell_info = _registry.info(cell)
-        G, H = self.cell_info.gates, self.hidden_size
+        G, H, I, P = self.cell_info.gates, self.hidden_size, self.input_size, self.cell_info.peephole_rows
+        check_parameter_memory(f"{type(self).__name__}({I}, {H})",
+                               G * H * (I + H) + (2 * G * H if self.bias else 0) + P * H, self.dtype)
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)
+        u = lambda *shape: uniform(rng, k, shape, self.dtype)
+        zeros = lambda *shape: np.zeros(shape, dtype=self.dtype)
         identity = self._identity_init()
-        self._add_param("weight_ih", rng.uniform(-k, k, (G * H, self.input_size)))
-        self._add_param("weight_hh", np.eye(H) if identity else rng.uniform(-k, k, (G * H, H)))
+        self._add_param("weight_ih", u(G * H, I))
+        self._add_param("weight_hh", np.eye(H, dtype=self.dtype) if identity else u(G * H, H))
         if self.bias:
-            self._add_param("bias_ih", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
-            self._add_param("bias_hh", np.zeros(G * H) if identity else rng.uniform(-k, k, G * H))
-        if self.cell_info.peephole_rows:
-            self._add_param("weight_peephole", rng.uniform(-k, k, (self.cell_info.peephole_rows, H)))
+            self._add_param("bias_ih", zeros(G * H) if identity else u(G * H))
+            self._add_param("bias_hh", zeros(G * H) if identity else u(G * H))
+        if P:
+            self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_steps", "_inference_stack")
+    _core_state = ("_steps", "_owners", "_pending_bytes", "_warned", "_inference_stack")
+
+    # Pending training steps past this many bytes of workspace warn once (PendingStepsWarning).
+    pending_warn_bytes = 1 << 30
 
     def _init_core(self):
-        self._steps = []  # stacks (workspaces) of forward steps not yet back-propagated (LIFO)
+        self._steps = []  # (stack, B, unbatched, thread) of steps not yet back-propagated (LIFO)
+        self._owners = Counter()  # thread ident -> its steps in _steps
+        self._pending_bytes = 0
+        self._warned = False
         self._inference_stack = self._new_stack()
 
     # The C++ stack driver reads parameters by the sequence modules' names (weight_ih_l0, ...):
@@ -97,38 +116,83 @@ class _CellBase(Module):
         x2 = x.reshape(1, -1) if unbatched else x
         B = x2.shape[0]
         h, c = self._split(("h", "c"), state, B, unbatched)
-        # A training step keeps its own workspace until its backward; inference shares one.
-        stack = self._new_stack() if self.training else self._inference_stack
-        _, h_new, c_new = stack.forward(x2[None], self._core_params(self.params),
-                                        h0=None if h is None else h[None],
-                                        c0=None if c is None else c[None],
-                                        training=self.training)
-        if self.training:
-            self._steps.append((stack, B, unbatched))
+        with self._lock:
+            training = self.training
+            # A training step keeps its own workspace until its backward; inference shares one.
+            stack = self._new_stack() if training else self._inference_stack
+            _, h_new, c_new = stack.forward(x2[None], self._core_params(self.params),
+                                            h0=None if h is None else h[None],
+                                            c0=None if c is None else c[None],
+                                            training=training)
+            if training:
+                self._push_step(stack, B, unbatched)
         return self._pack(h_new[0], None if c_new is None else c_new[0], unbatched)
+
+    def _push_step(self, stack, B, unbatched):
+        thread = threading.get_ident()
+        self._steps.append((stack, B, unbatched, thread))
+        self._owners[thread] += 1
+        self._pending_bytes += stack.nbytes
+        if self._pending_bytes > self.pending_warn_bytes and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__} holds {len(self._steps)} training-mode forward steps "
+                f"({self._pending_bytes / 2**20:.0f} MiB of workspace) that no backward has "
+                "consumed, and each further step adds to them; call backward() for them, "
+                "clear_pending() to drop them, or eval() for inference",
+                PendingStepsWarning, stacklevel=3)
+
+    def _pop_step(self):
+        stack, B, unbatched, thread = self._steps.pop()
+        self._owners[thread] -= 1
+        if not self._owners[thread]:
+            del self._owners[thread]
+        self._pending_bytes -= stack.nbytes
+        return stack, B, unbatched
+
+    @property
+    def pending_steps(self):
+        """Training-mode forward steps not yet back-propagated."""
+        return len(self._steps)
+
+    def clear_pending(self):
+        """Drops every pending training step (and its workspace) without back-propagating it."""
+        with self._lock:
+            self._drop_tape()
 
     def backward(self, dstate):
         """Back-propagates the most recent forward step not yet back-propagated.
 
         dstate: gradient w.r.t. that step's new state (dh, or (dh, dc)). Adds parameter
         gradients into `grads`; returns (dx, dstate_prev) with dstate_prev shaped like the state."""
-        if not self._steps:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward() needs a preceding training-mode forward step "
-                "that has not been back-propagated yet")
-        stack, B, unbatched = self._steps[-1]
-        dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
-        self._steps.pop()
-        dx, dh0, dc0 = stack.backward(None, self._core_params(self.params),
-                                      self._core_params(self.grads),
-                                      dh_n=None if dh is None else dh[None],
-                                      dc_n=None if dc is None else dc[None])
+        with self._lock:
+            if not self._steps:
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward() needs a preceding training-mode forward "
+                    "step that has not been back-propagated yet")
+            _, B, unbatched, owner = self._steps[-1]
+            me = threading.get_ident()
+            if owner != me and self._owners[me]:
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward(): the most recent pending step was run by "
+                    "another thread, while this thread has pending steps of its own; one cell "
+                    "cannot train in several threads at once (give each thread its own cell, "
+                    "e.g. copy.deepcopy(cell))")
+            dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
+            stack = self._pop_step()[0]
+            dx, dh0, dc0 = stack.backward(None, self._core_params(self.params),
+                                          self._core_params(self.grads),
+                                          dh_n=None if dh is None else dh[None],
+                                          dc_n=None if dc is None else dc[None])
         dx = dx[0]
         return (dx[0] if unbatched else dx), self._pack(dh0[0], None if dc0 is None else dc0[0],
                                                          unbatched)
 
     def _drop_tape(self):
         self._steps.clear()
+        self._owners.clear()
+        self._pending_bytes = 0
+        self._warned = False
 
 
 class RNNCell(_CellBase):

@@ -5,11 +5,13 @@ Each (layer, direction) is one call into the C++ core per sequence batch (never 
 from __future__ import annotations
 
 import numbers
+import threading
 
 import numpy as np
 
 from . import _core, _registry
-from ._base import Module, as_array, check_lengths, check_shape, positive_int
+from ._base import (Module, as_array, check_lengths, check_parameter_memory, check_shape,
+                    positive_int, uniform)
 
 
 class _RNNBase(Module):
@@ -37,30 +39,42 @@ class _RNNBase(Module):
         self.cell_info = _registry.info(cell)
         self.gates = self.cell_info.gates
         self._rng = np.random.default_rng(seed)
+        check_parameter_memory(repr(self), self._parameter_count(), self.dtype)
         self._init_params()
         self._init_core()
 
-    _core_state = ("_stack", "_tape")
+    _core_state = ("_stack", "_tape", "_forwards", "_unconsumed")
 
     def _init_core(self):
         # The C++ stack: all layers and directions in one call; it keeps the training workspace
         # between steps so its memory is reused (eval() releases it).
         self._stack = _core.Stack(self.cell, self.input_size, self.hidden_size, self.num_layers,
                                   self.bidirectional, self.dtype)
-        self._tape = None  # (T, B, unbatched) of the training forward that backward consumes
+        self._tape = None  # (T, B, unbatched, forward number, thread) that backward consumes
+        self._forwards = 0  # training forwards so far
+        # thread ident -> number of its last training forward, while not back-propagated
+        self._unconsumed = {}
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffix(self, direction):
         return "_reverse" if direction == 1 else ""
 
+    def _parameter_count(self):
+        H, G, D = self.hidden_size, self.gates, self.num_directions
+        per_direction = G * H * H + (2 * G * H if self.bias else 0) + self.cell_info.peephole_rows * H
+        inputs = self.input_size + (self.num_layers - 1) * D * H
+        return D * (self.num_layers * per_direction + G * H * inputs)
+
     def _init_params(self):
+        # Drawn straight in the module's dtype, one array at a time: construction peaks at the
+        # parameters and gradients themselves.
         H, G = self.hidden_size, self.gates
         k = 1.0 / np.sqrt(H)
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else H * self.num_directions
             for d in range(self.num_directions):
                 s = f"_l{layer}{self._suffix(d)}"
-                u = lambda *shape: self._rng.uniform(-k, k, shape)
+                u = lambda *shape: uniform(self._rng, k, shape, self.dtype)
                 self._add_param("weight_ih" + s, u(G * H, in_size))
                 self._add_param("weight_hh" + s, self._init_weight_hh(u))
                 if self.bias:
@@ -131,14 +145,20 @@ class _RNNBase(Module):
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
-        # The workspace is reused: a previous forward's tape is invalid from here on, even if
-        # this call fails part-way.
-        self._tape = None
-        seed = int(self._rng.integers(2**63)) if self.training and self.dropout > 0 else 0
-        y, h_n, c_n = self._stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
-                                          training=self.training, dropout=self.dropout, seed=seed)
-        if self.training:
-            self._tape = (T, B, unbatched)
+        with self._lock:
+            training = self.training
+            if training:
+                # The workspace is reused: a previous forward's tape is invalid from here on,
+                # even if this call fails part-way.
+                self._tape = None
+            seed = int(self._rng.integers(2**63)) if training and self.dropout > 0 else 0
+            y, h_n, c_n = self._stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
+                                              training=training, dropout=self.dropout, seed=seed)
+            if training:
+                self._forwards += 1
+                thread = threading.get_ident()
+                self._tape = (T, B, unbatched, self._forwards, thread)
+                self._unconsumed[thread] = self._forwards
         return self._from_time_major(y, unbatched), self._pack_state(h_n, c_n, unbatched)
 
     def _check_grad_state(self, grad, batch, unbatched):
@@ -150,20 +170,45 @@ class _RNNBase(Module):
 
         dy: gradient of the loss w.r.t. y (same shape as y); dh_n: gradient w.r.t. h_n, or the
         tuple (dh_n, dc_n) for LSTMs (None = zero)."""
+        with self._lock:
+            tape = self._take_tape()
+            T, B, unbatched = tape[:3]
+            DH = self.num_directions * self.hidden_size
+            y_shape = (T, DH) if unbatched else ((B, T, DH) if self.batch_first else (T, B, DH))
+            try:
+                dy = as_array("dy", dy, self.dtype)
+                check_shape("dy", dy, y_shape, " (the shape of y)")
+                dh_n, dc_n = self._check_grad_state(dh_n, B, unbatched)
+            except Exception:
+                self._tape = tape  # a bad argument does not consume the forward
+                raise
+            self._consumed(tape)
+            dx, dh0, dc0 = self._stack.backward(self._to_time_major(dy, unbatched), self.params,
+                                                self.grads, dh_n=dh_n, dc_n=dc_n)
+        return self._from_time_major(dx, unbatched), self._pack_state(dh0, dc0, unbatched)
+
+    def _take_tape(self):
+        """The tape backward consumes; RuntimeError if there is none, or if the calling thread's
+        own training forward was replaced by another thread's (its backward would otherwise
+        silently run through the other thread's sequence)."""
         if self._tape is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
                 "there is none (never run, run in eval mode, or already consumed by backward)")
-        T, B, unbatched = self._tape
-        DH = self.num_directions * self.hidden_size
-        y_shape = (T, DH) if unbatched else ((B, T, DH) if self.batch_first else (T, B, DH))
-        dy = as_array("dy", dy, self.dtype)
-        check_shape("dy", dy, y_shape, " (the shape of y)")
-        dh_n, dc_n = self._check_grad_state(dh_n, B, unbatched)
-        self._tape = None
-        dx, dh0, dc0 = self._stack.backward(self._to_time_major(dy, unbatched), self.params,
-                                            self.grads, dh_n=dh_n, dc_n=dc_n)
-        return self._from_time_major(dx, unbatched), self._pack_state(dh0, dc0, unbatched)
+        mine = self._unconsumed.get(threading.get_ident())
+        if mine is not None and mine != self._tape[3]:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): this thread's training forward was replaced "
+                "by a later training forward from another thread before its backward; one module "
+                "cannot train in several threads at once (give each thread its own module, e.g. "
+                "copy.deepcopy(module), or hold a lock around each forward + backward)")
+        tape, self._tape = self._tape, None
+        return tape
+
+    def _consumed(self, tape):
+        thread = tape[4]
+        if self._unconsumed.get(thread) == tape[3]:
+            del self._unconsumed[thread]
 
     def _to_time_major(self, a, unbatched):
         if unbatched:
@@ -177,6 +222,7 @@ class _RNNBase(Module):
 
     def _drop_tape(self):
         self._tape = None
+        self._unconsumed.clear()
         self._stack.release()
 
     def __repr__(self):
@@ -236,12 +282,12 @@ class RNN(_RNNBase):
 
     def _init_weight_hh(self, uniform):
         if self.nonlinearity == "relu":
-            return np.eye(self.hidden_size)
+            return np.eye(self.hidden_size, dtype=self.dtype)
         return super()._init_weight_hh(uniform)
 
     def _init_bias(self, uniform):
         if self.nonlinearity == "relu":
-            return np.zeros(self.hidden_size)
+            return np.zeros(self.hidden_size, dtype=self.dtype)
         return super()._init_bias(uniform)
 
     def _extra_repr(self):
