@@ -16,10 +16,10 @@ __all__ = [
 ]
 
 # ---- the training layer (issue 9): blocks, composition, losses, optimisers, checkpoints --------
-from . import losses, optim  # noqa: E402
+from . import checkpoint, losses, optim  # noqa: E402
 from .gradcheck import check_gradients  # noqa: E402
 from .layers import Dropout, Embedding, LayerNorm, Linear  # noqa: E402
 from .model import Model, Sequential  # noqa: E402
 
 __all__ += ["Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
-            "check_gradients", "losses", "optim"]
+            "check_gradients", "losses", "optim", "checkpoint"]
