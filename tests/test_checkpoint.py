@@ -171,8 +171,9 @@ def test_truncated_corrupted_and_foreign_files(saved, tmp_path):
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     bad = tmp_path / "bad.safetensors"
-    for cut, match in ((len(data) - 10, "truncated: the header promises"), (8 + n // 2, "truncated"),
-                       (5, "truncated or not a checkpoint"), (0, "truncated")):
+    for cut, match in ((len(data) - 10, "truncated: the header promises"),
+                       (8 + n // 2, "truncated"), (5, "truncated or not a checkpoint"),
+                       (0, "truncated")):
         bad.write_bytes(data[:cut])
         refused(bad, match)
     flipped = bytearray(data)

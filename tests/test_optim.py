@@ -184,7 +184,8 @@ def torch_pair(lr):
 def test_step_lr_matches_torch():
     torch, topt = torch_pair(0.5)
     opt = SGD(Params(), lr=0.5)
-    sched, tsched = StepLR(opt, step_size=3, gamma=0.7), torch.optim.lr_scheduler.StepLR(topt, 3, 0.7)
+    sched = StepLR(opt, step_size=3, gamma=0.7)
+    tsched = torch.optim.lr_scheduler.StepLR(topt, 3, 0.7)
     for _ in range(12):
         assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12)
         opt.step()
@@ -194,7 +195,8 @@ def test_step_lr_matches_torch():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(mode="max", factor=0.5, patience=2, cooldown=1),
-                                dict(threshold_mode="abs", threshold=0.05, patience=1, min_lr=0.02)])
+                                dict(threshold_mode="abs", threshold=0.05, patience=1,
+                                     min_lr=0.02)])
 def test_reduce_on_plateau_matches_torch(kw):
     torch, topt = torch_pair(0.4)
     opt = SGD(Params(), lr=0.4)

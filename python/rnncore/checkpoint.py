@@ -280,9 +280,10 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
     missing = [k for k in params if k not in ck.model]
     unexpected = [k for k in ck.model if k not in params]
     if missing or unexpected:
+        parts = ([f"missing in the file {missing}"] if missing else []) + \
+                ([f"not in the model {unexpected}"] if unexpected else [])
         raise CheckpointError(path, "the model's parameters do not match the file's: "
-                              + "; ".join(([f"missing in the file {missing}"] if missing else [])
-                                          + ([f"not in the model {unexpected}"] if unexpected else [])))
+                              + "; ".join(parts))
     for k, p in params.items():
         a = ck.model[k]
         if a.shape != p.shape:

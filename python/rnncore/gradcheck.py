@@ -97,9 +97,9 @@ def check_gradients(module, inputs, *, forward_kwargs=None, backward=None, eps=1
     forward_kwargs: keyword arguments for forward (e.g. {"lengths": ...}).
     backward: called as backward(module, dout) where dout has the structure of forward's output;
         by default module.backward(*dout) for a tuple output (rnncore.LSTM: (dy, (dh_n, dc_n)))
-        and module.backward(dout) for an array. It returns the input gradients: a tuple matching the
-        inputs position by position (it may be longer, e.g. rnncore.GRU's (dx, dh0) for x
-        alone), a single array for the first input, or None.
+        and module.backward(dout) for an array. It returns the input gradients: a tuple
+        matching the inputs position by position (it may be longer, e.g. rnncore.GRU's
+        (dx, dh0) for x alone), a single array for the first input, or None.
     check_inputs: every float input must then get a gradient back (else AssertionError).
     max_entries: larger arrays are checked at this many random entries (seeded by `seed`).
     Random draws in forward (dropout) are replayed from the module's own generators, so every

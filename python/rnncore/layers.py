@@ -242,7 +242,8 @@ class LayerNorm(_Layer):
     """Normalises over the trailing `normalized_shape` dimensions (Ba, Kiros & Hinton 2016):
 
         mu = mean(x),  var = mean((x - mu)^2) (biased),  xhat = (x - mu) / sqrt(var + eps)
-        y = xhat * weight + bias     (weight = 1, bias = 0 at start; elementwise_affine=False: y = xhat)
+        y = xhat * weight + bias     (weight = 1, bias = 0 at start)
+    (elementwise_affine=False: y = xhat, no parameters.)
 
     Backward, per row of F normalised elements, with g = dy * weight:
         dweight += sum_rows dy * xhat,   dbias += sum_rows dy
@@ -251,7 +252,7 @@ class LayerNorm(_Layer):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
         super().__init__(dtype)
-        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (normalized_shape,)
         try:
             shape = tuple(normalized_shape)
@@ -275,8 +276,9 @@ class LayerNorm(_Layer):
         x = as_array("x", x, self.dtype)
         k = len(self.normalized_shape)
         if x.shape[x.ndim - k:] != self.normalized_shape or x.ndim < k:
-            raise ValueError(f"x must have shape (..., {', '.join(map(str, self.normalized_shape))}) "
-                             f"(normalized_shape in its last dimensions), got {x.shape}")
+            dims = ", ".join(map(str, self.normalized_shape))
+            raise ValueError(f"x must have shape (..., {dims}) (normalized_shape in its last "
+                             f"dimensions), got {x.shape}")
         F = self._features
         x2 = x.reshape(-1, F)
         xhat = x2 - x2.mean(axis=1, keepdims=True)

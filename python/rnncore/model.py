@@ -91,7 +91,8 @@ class Model(Module):
 
     @property
     def params(self):
-        """OrderedDict "child.name" -> live parameter array (rebuilt from the children per access)."""
+        """OrderedDict "child.name" -> live parameter array (rebuilt from the children on each
+        access, so it always shows the current children)."""
         return self._flat("params")
 
     @property

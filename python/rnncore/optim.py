@@ -564,8 +564,8 @@ class ReduceLROnPlateau(_Schedule):
     """Divides lr by 1/factor when a metric stopped improving (torch's ReduceLROnPlateau).
 
     step(metric) after each evaluation: the metric improves on the best so far when
-        mode "min", threshold_mode "rel":  metric < best * (1 - threshold)   ("abs": best - threshold)
-        mode "max", threshold_mode "rel":  metric > best * (1 + threshold)   ("abs": best + threshold)
+        mode "min":  metric < best * (1 - threshold) ("rel"),  metric < best - threshold ("abs")
+        mode "max":  metric > best * (1 + threshold) ("rel"),  metric > best + threshold ("abs")
     After more than `patience` evaluations without improvement, lr = max(lr * factor, min_lr)
     (unchanged if that moves it by no more than eps), then `cooldown` evaluations are not counted.
     """
@@ -576,7 +576,8 @@ class ReduceLROnPlateau(_Schedule):
                  cooldown=0, min_lr=0.0, threshold_mode="rel", eps=1e-8):
         super().__init__(optimizer)
         self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
-        self.threshold_mode, self.cooldown, self.min_lr, self.eps = threshold_mode, cooldown, min_lr, eps
+        self.threshold_mode, self.cooldown = threshold_mode, cooldown
+        self.min_lr, self.eps = min_lr, eps
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_steps = 0
         self.cooldown_counter = 0
@@ -603,9 +604,10 @@ class ReduceLROnPlateau(_Schedule):
 
     def _is_better(self, metric):
         rel = self.threshold_mode == "rel"
+        t = self.threshold
         if self.mode == "min":
-            return metric < (self.best * (1.0 - self.threshold) if rel else self.best - self.threshold)
-        return metric > (self.best * (1.0 + self.threshold) if rel else self.best + self.threshold)
+            return metric < (self.best * (1.0 - t) if rel else self.best - t)
+        return metric > (self.best * (1.0 + t) if rel else self.best + t)
 
     def step(self, metric):
         """Records one evaluation of the metric; may lower the optimiser's lr. Returns the lr."""
