@@ -46,7 +46,7 @@ def test_linear_matches_torch(rng):
 
 def test_linear_init_shapes_and_accumulation(rng):
     m = rnncore.Linear(16, 3, seed=0)
-    assert m.params["weight"].shape == (16 // 16 * 3, 16) and m.params["bias"].shape == (3,)
+    assert m.params["weight"].shape == (3, 16) and m.params["bias"].shape == (3,)
     assert m.params["weight"].dtype == np.float32
     bound = 1 / np.sqrt(16)
     assert np.abs(m.params["weight"]).max() <= bound and np.abs(m.params["bias"]).max() <= bound
