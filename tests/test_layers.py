@@ -269,3 +269,19 @@ def test_copies_have_no_pending_backward_and_equal_state(k, rng):
     fresh = LAYERS[k]()
     fresh.load_state_dict(m.state_dict())
     assert repr(m).startswith(type(m).__name__ + "(")
+
+
+def test_backward_refuses_a_forward_replaced_by_another_thread(rng):
+    import threading
+    m = rnncore.Linear(3, 2, seed=0)
+    x = rng.standard_normal((4, 3))
+    m(x)
+    other = threading.Thread(target=lambda: m(x[:1]))
+    other.start()
+    other.join()
+    with pytest.raises(RuntimeError, match="replaced by a later training forward from another"):
+        m.backward(np.zeros((4, 2)))
+    assert not m.grads["weight"].any()
+    m(x)  # a new forward of this thread is back-propagated normally
+    m.backward(np.ones((4, 2)))
+    assert m.grads["weight"].any()

@@ -7,47 +7,74 @@ Each is an `rnncore._base.Module` (live `params` / `grads` dicts with PyTorch's 
   nothing.
 - `backward(dy)` consumes the tape of the last training-mode forward, ADDS the parameter
   gradients into `grads` and returns the gradient w.r.t. the input (Embedding: None, its input
-  is integer). No such forward, or a second backward, raises RuntimeError.
+  is integer). No such forward, or a second backward, raises RuntimeError; so does a backward
+  whose thread's forward was replaced by another thread's (as for the recurrent modules).
 
 Shapes: `...` is any number of leading dimensions (e.g. (T, B) for time-major sequences).
 """
 from __future__ import annotations
 
 import numbers
+import threading
 
 import numpy as np
 
-from ._base import Module, as_array, check_shape, positive_int, to_numpy
+from ._base import (Module, as_array, check_parameter_memory, check_shape, positive_int,
+                    to_numpy, uniform)
 
 
 class _Layer(Module):
-    """A module with one tape: the record of its last training-mode forward."""
+    """A module with one tape: the record of its last training-mode forward.
 
-    _core_state = ("_tape",)  # a copy or an unpickled layer has no pending backward
+    The forward's arithmetic runs outside the module's lock; recording the tape, and backward
+    (consuming it and adding into `grads`, which two threads must not do at once), take it."""
+
+    # a copy or an unpickled layer has no pending backward
+    _core_state = ("_tape", "_forwards", "_unconsumed")
 
     def __init__(self, dtype):
         super().__init__(dtype)
-        self._tape = None
+        self._init_core()
 
     def _init_core(self):
-        self._tape = None
+        self._tape = None   # (dy's shape, saved arrays, forward number, thread)
+        self._forwards = 0  # training forwards so far
+        self._unconsumed = {}  # thread ident -> its last training forward not back-propagated
 
     def _drop_tape(self):
         self._tape = None
+        self._unconsumed.clear()
 
     def _record(self, out_shape, *saved):
         """Keeps what backward needs, in training mode only; out_shape is the shape dy must have."""
-        self._tape = (tuple(out_shape),) + saved if self.training else None
+        if not self.training:
+            return  # eval() already dropped any tape
+        with self._lock:
+            self._forwards += 1
+            thread = threading.get_ident()
+            self._tape = (tuple(out_shape), saved, self._forwards, thread)
+            self._unconsumed[thread] = self._forwards
 
     def _consume(self, dy):
-        """Checks dy against the tape, then consumes the tape: returns (dy, *saved)."""
+        """Checks dy against the tape, then consumes the tape: returns (dy, *saved). The caller
+        holds the lock. A bad dy leaves the tape in place."""
         if self._tape is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
                 "there is none (never run, run in eval mode, or already consumed by backward)")
+        mine = self._unconsumed.get(threading.get_ident())
+        if mine is not None and mine != self._tape[2]:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): this thread's training forward was replaced "
+                "by a later training forward from another thread before its backward; one module "
+                "cannot train in several threads at once (give each thread its own module, e.g. "
+                "copy.deepcopy(module), or hold a lock around each forward + backward)")
         dy = as_array("dy", dy, self.dtype)
         check_shape("dy", dy, self._tape[0], " (the shape of the forward's output)")
-        saved, self._tape = self._tape[1:], None
+        _, saved, number, thread = self._tape
+        self._tape = None
+        if self._unconsumed.get(thread) == number:
+            del self._unconsumed[thread]
         return (dy,) + saved
 
 
@@ -65,11 +92,14 @@ class Linear(_Layer):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
         self.bias = bool(bias)
+        check_parameter_memory(f"Linear({in_features}, {out_features})",
+                               self.out_features * (self.in_features + self.bias), self.dtype)
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(self.in_features)
-        self._add_param("weight", rng.uniform(-k, k, (self.out_features, self.in_features)))
+        shape = (self.out_features, self.in_features)
+        self._add_param("weight", uniform(rng, k, shape, self.dtype))
         if self.bias:
-            self._add_param("bias", rng.uniform(-k, k, self.out_features))
+            self._add_param("bias", uniform(rng, k, (self.out_features,), self.dtype))
 
     def forward(self, x):
         """x (..., in_features) -> y (..., out_features)."""
@@ -87,11 +117,12 @@ class Linear(_Layer):
 
     def backward(self, dy):
         """dy (..., out_features) -> dx (..., in_features); adds dW and db into grads."""
-        dy, x2 = self._consume(dy)
-        dy2 = dy.reshape(-1, self.out_features)
-        self.grads["weight"] += dy2.T @ x2
-        if self.bias:
-            self.grads["bias"] += dy2.sum(axis=0)
+        with self._lock:
+            dy, x2 = self._consume(dy)
+            dy2 = dy.reshape(-1, self.out_features)
+            self.grads["weight"] += dy2.T @ x2
+            if self.bias:
+                self.grads["bias"] += dy2.sum(axis=0)
         return (dy2 @ self.params["weight"]).reshape(dy.shape[:-1] + (self.in_features,))
 
     def __repr__(self):
@@ -156,8 +187,10 @@ class Embedding(_Layer):
                                  f"{self.num_embeddings}) (num_embeddings), got {padding_idx}")
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
+        check_parameter_memory(f"Embedding({num_embeddings}, {embedding_dim})",
+                               self.num_embeddings * self.embedding_dim, self.dtype)
         rng = np.random.default_rng(seed)
-        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim))
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim), dtype=self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         self._add_param("weight", weight)
@@ -183,13 +216,14 @@ class Embedding(_Layer):
 
     def backward(self, dy):
         """dy (..., embedding_dim): adds into grads["weight"]; returns None."""
-        dy, rows = self._consume(dy)
-        dy2 = dy.reshape(-1, self.embedding_dim)
-        if self.padding_idx is not None:
-            keep = rows != self.padding_idx
-            if not keep.all():
-                rows, dy2 = rows[keep], dy2[keep]
-        scatter_add_rows(self.grads["weight"], rows, dy2)
+        with self._lock:
+            dy, rows = self._consume(dy)
+            dy2 = dy.reshape(-1, self.embedding_dim)
+            if self.padding_idx is not None:
+                keep = rows != self.padding_idx
+                if not keep.all():
+                    rows, dy2 = rows[keep], dy2[keep]
+            scatter_add_rows(self.grads["weight"], rows, dy2)
         return None
 
     def __repr__(self):
@@ -227,7 +261,8 @@ class Dropout(_Layer):
 
     def backward(self, dy):
         """dy (shape of x) -> dx."""
-        dy, keep = self._consume(dy)
+        with self._lock:
+            dy, keep = self._consume(dy)
         if keep is None:
             return dy
         dx = keep * dy
@@ -295,12 +330,15 @@ class LayerNorm(_Layer):
 
     def backward(self, dy):
         """dy (shape of x) -> dx; adds dweight, dbias into grads."""
-        dy, xhat, rstd = self._consume(dy)
         F = self._features
-        dy2 = dy.reshape(-1, F)
+        with self._lock:
+            dy, xhat, rstd = self._consume(dy)
+            dy2 = dy.reshape(-1, F)
+            if self.elementwise_affine:
+                ns = self.normalized_shape
+                self.grads["weight"] += np.einsum("ij,ij->j", dy2, xhat).reshape(ns)
+                self.grads["bias"] += dy2.sum(axis=0).reshape(ns)
         if self.elementwise_affine:
-            self.grads["weight"] += np.einsum("ij,ij->j", dy2, xhat).reshape(self.normalized_shape)
-            self.grads["bias"] += dy2.sum(axis=0).reshape(self.normalized_shape)
             g = dy2 * self.params["weight"].reshape(F)
         else:
             g = dy2

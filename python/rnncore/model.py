@@ -15,6 +15,7 @@ chains modules that map one array to one array.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -39,8 +40,10 @@ class Model(Module):
     array once. Subclasses call super().__init__() first and define forward (and backward)."""
 
     def __init__(self):
+        # Module.__init__ is not called: params / grads are views of the children here
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_lock", threading.RLock())  # Module's (pickling drops it)
 
     # ---- children ---------------------------------------------------------------------------
     def __setattr__(self, name, value):
