@@ -14,3 +14,12 @@ __all__ = [
     "RNNCell", "LSTMCell", "PeepholeLSTMCell", "GRUCell",
     "set_num_threads", "get_num_threads", "PendingStepsWarning",
 ]
+
+# ---- the training layer (issue 9): blocks, composition, losses, optimisers, checkpoints --------
+from . import checkpoint, losses, optim  # noqa: E402
+from .gradcheck import check_gradients  # noqa: E402
+from .layers import Dropout, Embedding, LayerNorm, Linear  # noqa: E402
+from .model import Model, Sequential  # noqa: E402
+
+__all__ += ["Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
+            "check_gradients", "losses", "optim", "checkpoint"]
