@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <exception>
 #include <mutex>
 #include <sstream>
@@ -159,10 +160,18 @@ class Stack {
   }
 
   py::tuple backward(const py::object& dy, const py::dict& params, const py::dict& grads,
-                     const py::object& dh_n, const py::object& dc_n) {
+                     const py::object& dh_n, const py::object& dc_n, bool grad_norms) {
     const auto lock = lock_without_gil();
-    return std::visit([&](auto& ws) { return backward_t(ws, dy, params, grads, dh_n, dc_n); },
-                      workspace_);
+    return std::visit([&](auto& ws) {
+      return backward_t(ws, dy, params, grads, dh_n, dc_n, grad_norms);
+    }, workspace_);
+  }
+
+  // (L*D, T) float64: ||dL/dh_t|| of every layer-direction from the last backward that recorded
+  // them, or None.
+  py::object grad_norms() {
+    const auto lock = lock_without_gil();
+    return grad_norms_;
   }
 
   bool ready() {
@@ -288,8 +297,9 @@ class Stack {
   template <class T>
   py::tuple backward_t(rnncore::StackWorkspace<T>& ws, const py::object& dy,
                        const py::dict& params, const py::dict& grads, const py::object& dh_n,
-                       const py::object& dc_n) {
+                       const py::object& dc_n, bool record_grad_norms) {
     ws.require_ready();  // before its shape is used to check dy and the states
+    grad_norms_ = py::none();
     std::vector<py::object> keep;
     rnncore::StackWeights<T> w;
     w.layers = read_layers<rnncore::LayerWeights<T>, const T>(params, "params", false, keep);
@@ -307,18 +317,28 @@ class Stack {
     auto [dc0, dc0p] = optional_output<T>(cell_state, states);
     T* dxp = dx.mutable_data();
     T* dh0p = dh0.mutable_data();
+    ws.record_grad_norms = record_grad_norms;
     run_without_gil([&] {
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         rnncore::backward<Cell, T>(w, ws, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);
       });
     });
+    if (record_grad_norms) {
+      auto norms = empty<double>({entries(), T_});
+      double* out = norms.mutable_data();
+      for (Index i = 0; i < entries(); ++i)
+        std::copy(ws.layers[std::size_t(i)].grad_norms.begin(),
+                  ws.layers[std::size_t(i)].grad_norms.end(), out + i * T_);
+      grad_norms_ = std::move(norms);
+    }
     return py::make_tuple(dx, dh0, dc0);
   }
 
   const rnncore::CellInfo& info_;
   rnncore::StackShape shape_;
   std::mutex mutex_;
+  py::object grad_norms_ = py::none();
   std::variant<rnncore::StackWorkspace<float>, rnncore::StackWorkspace<double>> workspace_;
 };
 
@@ -342,9 +362,13 @@ PYBIND11_MODULE(_core, m) {
            "fills the workspace for backward and applies dropout between layers (seeded).")
       .def("backward", &Stack::backward, py::arg("dy"), py::arg("params"), py::arg("grads"),
            py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(),
+           py::arg("grad_norms") = false,
            "BPTT through the last training forward (consumed). dy (T, B, D*H) or None; adds "
            "parameter gradients into the arrays of `grads` (same names as params). Returns "
-           "(dx (T, B, I), dh0, dc0 or None).")
+           "(dx (T, B, I), dh0, dc0 or None). grad_norms=True also records ||dL/dh_t|| of every "
+           "layer-direction (the grad_norms property).")
+      .def_property_readonly("grad_norms", &Stack::grad_norms,
+                             "(L*D, T) float64 ||dL/dh_t|| from the last backward(grad_norms=True), or None")
       .def_property_readonly("ready", &Stack::ready)
       .def_property_readonly("nbytes", &Stack::nbytes)
       .def_property_readonly("cell", &Stack::cell)

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
@@ -575,6 +576,22 @@ class BackwardTimeLoop {
 
   void run() {
     const TimeLoopSplit split = time_loop_split<Cell, T>(sc_, H_);
+    const Index seq_len = ws_.shape.seq_len;
+    if (ws_.record_grad_norms) norm_parts_.assign(std::size_t(split.threads * seq_len), 0.0);
+    run_loop(split);
+    if (ws_.record_grad_norms) {
+      // Each thread summed its slice of the units; the parts are added in thread order.
+      ws_.grad_norms.assign(std::size_t(seq_len), 0.0);
+      for (Index t = 0; t < seq_len; ++t) {
+        double sum = 0.0;
+        for (int p = 0; p < split.threads; ++p) sum += norm_parts_[std::size_t(p * seq_len + t)];
+        ws_.grad_norms[std::size_t(t)] = std::sqrt(sum);
+      }
+    }
+  }
+
+ private:
+  void run_loop(const TimeLoopSplit& split) {
     Team team;
 #pragma omp parallel num_threads(split.threads) if (split.threads > 1)
     {
@@ -590,14 +607,35 @@ class BackwardTimeLoop {
       if (!team.failed()) {
         for (Index n = 0; n < sc_.steps; ++n) {
           if (team.stop_at(n, thread)) break;
-          step(sc_.steps - 1 - n, slice, w_hh, split.threads > 1);
+          const Index s = sc_.steps - 1 - n;
+          if (!norm_parts_.empty()) add_grad_norms(s, slice, thread);
+          step(s, slice, w_hh, split.threads > 1);
         }
       }
     }
     team.finish();
   }
 
- private:
+  // Adds sum over the slice's units of (dh + dy)^2 -- the whole gradient reaching h_t, before the
+  // step's backward consumes it -- of every active row into its time step's part for `thread`.
+  // The slice of dh was written by this thread (the previous step's product), so no barrier.
+  void add_grad_norms(Index s, const UnitSlice& slice, int thread) {
+    const Index B = sc_.batch, H = H_, seq_len = ws_.shape.seq_len;
+    double* part = norm_parts_.data() + thread * seq_len;
+    for (Index r = 0; r < sc_.batch_sizes[s]; ++r) {
+      const Index t = sc_.time_of(s, r);
+      const T* dh = dh_ + r * H;
+      const T* dy = dy_ ? dy_ + (t * B + sc_.order[r]) * H : no_dy_.data();
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (Index j = slice.begin; j < slice.end; ++j) {
+        const double g = double(dh[j]) + double(dy[j]);
+        sum += g * g;
+      }
+      part[t] += sum;
+    }
+  }
+
   void step(Index s, const UnitSlice& slice, const PackedWeights<T> (&w_hh)[Cell::kPhases],
             bool several_threads) {
     const Index stash_width = Cell::kStashSlots * H_, batch = sc_.batch_sizes[s];
@@ -649,6 +687,7 @@ class BackwardTimeLoop {
   T* dw_peephole_;
   const std::vector<T> no_dy_;  // dy of a row when the outputs carry no gradient
   Buffer<T> doperand_;          // (B, H) gradient of the phase operand (multi-phase cells)
+  std::vector<double> norm_parts_;  // per thread, per time step: a part of ||dL/dh_t||^2
 };
 
 // h_{t-1} of every packed row as one (N, H) matrix. Without ragged lengths the h history already
@@ -740,6 +779,8 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
   if (Cell::kHasCellState) gather_state(sc, H, dc_n, dc.data());
   if (sc.steps > 0)
     BackwardTimeLoop<Cell, T>(w, ws, dy, dh.data(), dc.data(), grads.dw_peephole).run();
+  else if (ws.record_grad_norms)
+    ws.grad_norms.assign(std::size_t(ws.shape.seq_len), 0.0);
   scatter_state(sc, H, dh.data(), dh0);
   if (Cell::kHasCellState) scatter_state(sc, H, dc.data(), dc0);
   add_input_weight_gradients<Cell>(ws, grads, max_threads);

@@ -149,6 +149,7 @@ void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy
   check_weight_count(shape, w.layers.size(), "weights");
   check_weight_count(shape, grads.layers.size(), "gradients");
   ws.ready = false;
+  for (auto& layer : ws.layers) layer.record_grad_norms = ws.record_grad_norms;
   if (!Cell::kHasCellState) dc_n = nullptr, dc0 = nullptr;
   const Index L = shape.num_layers, D = shape.directions();
   const BiasFallback<T> biases(Cell::kGates * shape.hidden_size);

@@ -39,6 +39,10 @@ class _RNNBase(Module):
         self.cell_info = _registry.info(cell)
         self.gates = self.cell_info.gates
         self._rng = np.random.default_rng(seed)
+        # Gradient-flow diagnostics: with record_grad_norms set, every backward leaves
+        # grad_norms[l * D + d, t] = ||dL/dh_t|| of layer l, direction d (rnncore.diagnostics).
+        self.record_grad_norms = False
+        self.grad_norms = None
         check_parameter_memory(repr(self), self._parameter_count(), self.dtype)
         self._init_params()
         self._init_core()
@@ -183,8 +187,13 @@ class _RNNBase(Module):
                 self._tape = tape  # a bad argument does not consume the forward
                 raise
             self._consumed(tape)
+            record = bool(self.record_grad_norms)
+            self.grad_norms = None
             dx, dh0, dc0 = self._stack.backward(self._to_time_major(dy, unbatched), self.params,
-                                                self.grads, dh_n=dh_n, dc_n=dc_n)
+                                                self.grads, dh_n=dh_n, dc_n=dc_n,
+                                                grad_norms=record)
+            if record:
+                self.grad_norms = self._stack.grad_norms
         return self._from_time_major(dx, unbatched), self._pack_state(dh0, dc0, unbatched)
 
     def _take_tape(self):

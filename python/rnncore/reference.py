@@ -261,18 +261,25 @@ def forward(cell, x, state, params, reverse=False, lengths=None):
     return y, tuple(states), cache
 
 
-def backward(cache, dy, dstate_n):
-    """BPTT. dy (T, B, H); dstate_n (dh_n,) or (dh_n, dc_n). Returns (dx, dstate0, dparams)."""
+def backward(cache, dy, dstate_n, grad_norms=None):
+    """BPTT. dy (T, B, H); dstate_n (dh_n,) or (dh_n, dc_n). Returns (dx, dstate0, dparams).
+
+    grad_norms: an array (T,) to receive ||dL/dh_t||, the norm over the batch of the whole
+    gradient reaching h_t (from y_t and from step t+1)."""
     step, x, p = STEPS[cache["cell"]], cache["x"], cache["params"]
     dy = np.asarray(dy, np.float64)
     grads = {k: (None if v is None else np.zeros_like(v)) for k, v in p.items()}
     dx = np.zeros_like(x)
     dstates = [np.array(d, np.float64, copy=True) for d in dstate_n[:step.states]]
+    squares = np.zeros(x.shape[0])
     for rows, ts, rec in reversed(cache["records"]):
         d_new = [d[rows] for d in dstates]
         d_new[0] = d_new[0] + dy[ts, rows]  # h_t is both the output y_t and the next state
+        np.add.at(squares, ts, np.sum(d_new[0] ** 2, axis=1))
         dx_t, d_prev = step.backward(x[ts, rows], rec, tuple(d_new), p, grads)
         dx[ts, rows] = dx_t
         for d, value in zip(dstates, d_prev):
             d[rows] = value
+    if grad_norms is not None:
+        grad_norms[...] = np.sqrt(squares)
     return dx, tuple(dstates), grads

@@ -70,6 +70,12 @@ class TrainingWorkspace {
   Schedule schedule;
   Buffer<T> x, stash, h, c;
   bool ready = false;  // set by forward_training, cleared by backward
+  // Gradient-flow diagnostics: with record_grad_norms set, backward also writes
+  // grad_norms[t] = ||dL/dh_t||, the Frobenius norm over the batch of the whole gradient reaching
+  // h_t (from the output at t and from step t+1), t = 0 .. T-1 (zero where no sequence is
+  // active). Taken from the gradients the BPTT loop computes anyway: no second pass.
+  bool record_grad_norms = false;
+  std::vector<double> grad_norms;
   // The buffers keep their capacity after backward, so the next training step reuses them;
   // release() returns the memory.
 

@@ -86,6 +86,9 @@ class StackWorkspace {
   Buffer<T> between[2];                      // layer outputs (forward), then gradients (backward)
   Buffer<T> direction_buffers[2];            // one direction's y or dy, and its dx
   bool ready = false;  // set by the training forward, cleared by backward
+  // Set before backward to have every layer-direction's workspace record ||dL/dh_t|| (see
+  // TrainingWorkspace::grad_norms; layers[l*D + d].grad_norms after backward).
+  bool record_grad_norms = false;
 
   // std::logic_error unless a training forward filled the workspace and no backward consumed it.
   void require_ready() const {
