@@ -4,7 +4,7 @@ import pytest
 
 import rnncore
 from conftest import CELLS
-from rnncore.__main__ import main
+from rnncore.cli import main
 from rnncore.optim import SGD, Adam, clip_grad_norm
 
 
@@ -14,7 +14,7 @@ def first_and_final_loss(out):
 
 
 def test_main_job_loss_falls(capsys):
-    assert main(["--steps", "80", "--threads", "2"]) == 0
+    assert main(["train", "echo", "--steps", "80", "--threads", "2"]) == 0
     out = capsys.readouterr().out
     first, final = first_and_final_loss(out)
     assert first > 1.9  # chance level, ln 8 = 2.08
@@ -23,7 +23,7 @@ def test_main_job_loss_falls(capsys):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_main_job_every_cell_learns(cell, capsys):
-    assert main(["--cell", cell, "--steps", "60", "--delay", "2", "--seq-len", "12"]) == 0
+    assert main(["train", "echo", "--cell", cell, "--steps", "60", "--delay", "2", "--seq-len", "12"]) == 0
     out = capsys.readouterr().out
     first, final = first_and_final_loss(out)
     assert final < 0.75 * first, out
@@ -31,9 +31,9 @@ def test_main_job_every_cell_learns(cell, capsys):
 
 def test_main_job_rejects_bad_arguments():
     with pytest.raises(SystemExit):
-        main(["--delay", "40", "--seq-len", "30"])
+        main(["train", "echo", "--delay", "40", "--seq-len", "30"])
     with pytest.raises(SystemExit):
-        main(["--hidden", "0"])
+        main(["train", "echo", "--hidden", "0"])
 
 
 def test_gru_many_to_one_classifier_learns_sequence_parity_of_first_two():

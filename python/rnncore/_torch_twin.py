@@ -1,6 +1,6 @@
 """Which torch.nn module computes what a registry cell computes: a rule, not a table.
 
-Used by the tests (through conftest.py) and by bench/compare.py, so both pick the same
+Used by the tests (through conftest.py) and by rnncore.benchmark, so both pick the same
 counterparts. A registry cell runs through a public rnncore class with the options of that
 class's `variants` entry (rnncore._registry._MODULES). Its torch twin is the torch.nn class of
 the same name, given every one of those options that torch accepts; an option torch does not

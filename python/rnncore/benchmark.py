@@ -1,0 +1,394 @@
+"""rnncore side by side with PyTorch (and onnxruntime for inference), in one process.
+
+    rnncore bench                                 # all configs, 1 and 2 threads
+    rnncore bench --quick --only lstm             # a fast smoke run
+    rnncore bench --markdown bench/RESULTS.md
+    rnncore bench --memory                        # inference memory vs T, training workspace
+(`python bench/compare.py ...` is the same from a source checkout.)
+
+Runs alternate between the libraries in blocks (rnncore, torch, rnncore, ...; a short pause
+before each block lets the other runtime's spinning threads go idle), and each time is the
+median of all runs. float32, input_size = hidden_size. "fwd" is inference
+(rnncore in eval mode, torch under no_grad); "fwd+bwd" a training forward plus backward with a
+random output gradient (torch: autograd with requires_grad input). Ratios are rnncore / other:
+lower is better for rnncore. GFLOP/s counts the GEMM work only: forward 2*T*B*G*H*(I+H), backward
+twice that.
+
+Before timing a config, its rnncore module (built by rnncore._registry.make_module) and its
+torch counterpart (the torch.nn class the tests' rule in rnncore/_torch_twin.py picks, or the torch
+loop written for a cell torch lacks) run once on the same weights and data; outputs and
+gradients must agree within float32 tolerance, or the run stops with a message.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ._torch_twin import torch_twin  # the tests' rule: one place for both
+
+# (registry cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue;
+# then stacks (cell, T, B, H, targets, num_layers, bidirectional), which the stack driver runs.
+CONFIGS = [
+    ("lstm", 50, 128, 1024, 1.0, 1.0),
+    ("lstm", 100, 64, 256, 0.7, 0.7),
+    ("gru", 100, 64, 256, 0.7, 0.7),
+    ("lstm", 100, 16, 128, 0.3, 0.3),
+    ("gru", 100, 16, 128, 0.3, 0.3),
+    ("rnn_tanh", 100, 16, 128, 0.3, 0.3),
+    ("lstm", 200, 1, 256, 0.3, 0.3),
+    ("lstm", 100, 1, 32, 0.05, 0.05),
+    ("gru", 100, 1, 32, 0.05, 0.05),
+    ("peephole_lstm", 100, 64, 256, 0.4, None),
+    ("lstm", 100, 16, 128, None, None, 2, True),
+    ("gru", 100, 64, 256, None, None, 2, True),
+]
+ONNX_TARGET = 0.8
+
+
+def median_times(fns, repeats, warmup=2, rounds=5):
+    """Median time of each callable, alternating between them in `rounds` blocks.
+
+    Blocks rather than single runs, with a pause before each: OpenMP runtimes (rnncore's,
+    torch's, onnxruntime's) keep their threads spinning for a while after a parallel region, and
+    a run started right after another library's would share the cores with those spinners."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    per_round = max(1, -(-repeats // rounds))
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, f in enumerate(fns):
+            time.sleep(0.03)
+            f()  # first run after the pause: caches and threads warm again
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+
+def repeats_for(seconds_per_run, quick):
+    budget = 0.6 if quick else 4.0
+    return int(max(3, min(50, budget / max(seconds_per_run, 1e-6))))
+
+
+class TorchPeepholeLSTM:
+    """The Python loop of tensor ops a PyTorch user writes today for a peephole LSTM (one layer,
+    one direction)."""
+    cell = "peephole_lstm"
+
+    def __init__(self, torch, m):
+        self.torch = torch
+        p = {k: torch.tensor(v, requires_grad=True) for k, v in m.params.items()}
+        self.p = p
+        self.H = m.hidden_size
+
+    def __call__(self, x):
+        torch, p, H = self.torch, self.p, self.H
+        T, B, _ = x.shape
+        h = x.new_zeros(B, H)
+        c = x.new_zeros(B, H)
+        gx = x @ p["weight_ih_l0"].T + p["bias_ih_l0"] + p["bias_hh_l0"]
+        w_hh, peep = p["weight_hh_l0"], p["weight_peephole_l0"]
+        ys = []
+        for t in range(T):
+            a = gx[t] + h @ w_hh.T
+            i = torch.sigmoid(a[:, :H] + peep[0] * c)
+            f = torch.sigmoid(a[:, H:2 * H] + peep[1] * c)
+            g = torch.tanh(a[:, 2 * H:3 * H])
+            c = f * c + i * g
+            o = torch.sigmoid(a[:, 3 * H:] + peep[2] * c)
+            h = o * torch.tanh(c)
+            ys.append(h)
+        return torch.stack(ys), (h, c)
+
+
+# Torch loops for registry cells torch.nn has no module for, each naming the cell it computes.
+TORCH_LOOPS = (TorchPeepholeLSTM,)
+
+# float32 agreement: |ours - theirs| <= ATOL + RTOL * (largest |theirs| in the array); the
+# gradients of weights sum T*B products, so they are compared relative to their scale.
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def torch_counterpart(torch, cell, m, L, bidir):
+    """(torch module or loop, label) computing the same as rnncore module m, same weights."""
+    twin = torch_twin(cell)
+    if twin is not None:
+        cls, kwargs = twin
+        tm = cls(m.input_size, m.hidden_size, num_layers=L, bidirectional=bidir, **kwargs)
+        m.load_state_dict(tm.state_dict())
+        return tm, "torch"
+    for loop in TORCH_LOOPS:
+        if loop.cell == cell and L == 1 and not bidir:
+            return loop(torch, m), "torch loop"
+    raise SystemExit(f"compare.py: no torch counterpart for {cell} (num_layers={L}, "
+                     f"bidirectional={bidir})")
+
+
+def check_agreement(torch, m, tm, other, x, dy, label):
+    """One training forward + backward in both; SystemExit naming the first quantity that
+    differs beyond float32 tolerance."""
+    m.train()
+    m.zero_grad()
+    y, state = m(x)
+    dx, _ = m.backward(dy)
+    h_n = state[0] if isinstance(state, tuple) else state
+    xt = torch.tensor(x, requires_grad=True)
+    params = dict(tm.named_parameters()) if other == "torch" else tm.p
+    for p in params.values():
+        p.grad = None
+    yt, st = tm(xt)
+    yt.backward(torch.tensor(dy))
+    ht = st[0] if isinstance(st, tuple) else st
+    pairs = [("y", y, yt), ("h_n", h_n, ht.reshape(h_n.shape)), ("dx", dx, xt.grad)]
+    pairs += [(f"grad {name}", m.grads[name], p.grad) for name, p in params.items()]
+    for name, ours, theirs in pairs:
+        theirs = theirs.detach().numpy()
+        err = float(np.abs(ours - theirs).max())
+        bound = ATOL + RTOL * float(np.abs(theirs).max())
+        if not err <= bound:
+            raise SystemExit(f"compare.py: rnncore and {other} disagree on {label}: {name} differs "
+                             f"by {err:.3g} (allowed {bound:.3g}); not timing a wrong result")
+    m.zero_grad()
+
+
+def onnx_session(torch, tm, x, threads):
+    import warnings
+
+    import onnxruntime as ort
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tm, (torch.tensor(x),), path, input_names=["x"],
+                          output_names=["y", "h"], opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    # Without this its worker threads spin after every run and take the cores from whatever
+    # runs next (rnncore, in an alternating comparison).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})
+
+
+def run_comparison(args):
+    import torch
+    import rnncore
+    from rnncore._registry import make_module
+    rows = []
+    for cell, T, B, H, target_fb, target_f, *stack in CONFIGS:
+        L, bidir = stack or (1, False)
+        D = 2 if bidir else 1
+        if args.only and not any(cell == o or cell.startswith(o) for o in args.only):
+            continue
+        if args.quick and H >= 1024:
+            continue
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, H)).astype(np.float32)
+        dy = rng.standard_normal((T, B, D * H)).astype(np.float32)
+        m = make_module(cell, H, H, num_layers=L, bidirectional=bidir, seed=0)
+        tm, other = torch_counterpart(torch, cell, m, L, bidir)
+        xt = torch.tensor(x, requires_grad=True)
+        dyt = torch.tensor(dy)
+        torch.set_num_threads(args.threads[0])
+        rnncore.set_num_threads(args.threads[0])
+        check_agreement(torch, m, tm, other, x, dy, f"{cell} T={T} B={B} H={H} layers={L}"
+                        f"{' bidirectional' if bidir else ''}")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            rnncore.set_num_threads(threads)
+
+            def r_fwd():
+                m.eval()
+                m(x)
+
+            def r_fb():
+                m.train()
+                y, _ = m(x)
+                m.backward(dy)
+
+            def t_fwd():
+                with torch.no_grad():
+                    tm(xt)
+
+            def t_fb():
+                y, _ = tm(xt)
+                y.backward(dyt)
+
+            t0 = time.perf_counter()
+            r_fb()
+            reps = repeats_for(time.perf_counter() - t0, args.quick)
+            gates = m.params["weight_hh_l0"].shape[0] // H
+            flops = sum(2.0 * T * B * D * gates * H * ((H if layer == 0 else D * H) + H)
+                        for layer in range(L))
+            rf_b, tf_b = median_times([r_fb, t_fb], reps)
+            row = {"cell": cell + ("" if L == 1 else f" x{L}") + (" bidir" if bidir else ""),
+                   "T": T, "B": B, "H": H, "threads": threads, "other": other,
+                   "fb": (rf_b, tf_b, target_fb), "gflops_fb": 3 * flops / rf_b / 1e9}
+            if other == "torch":  # the torch loop of the peephole LSTM is timed for training only
+                rf, tf = median_times([r_fwd, t_fwd], reps)
+                row["f"] = (rf, tf, target_f)
+                row["gflops_f"] = flops / rf / 1e9
+                if not args.no_onnx:
+                    try:
+                        o_fwd = onnx_session(torch, tm, x, threads)
+                        rf2, of = median_times([r_fwd, o_fwd], reps)
+                        row["onnx"] = (rf2, of, ONNX_TARGET)
+                        del o_fwd
+                    except Exception as e:  # export or runtime not available
+                        row["onnx_error"] = f"{type(e).__name__}: {e}"[:120]
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def verdict(ratio, target, threads):
+    if target is None or threads != 2:
+        return ""
+    return "met" if ratio <= target else "missed"
+
+
+def format_row(r):
+    s = f"{r['cell']:20s} T={r['T']:<4d} B={r['B']:<4d} H={r['H']:<5d} threads={r['threads']}"
+    a, b, tgt = r["fb"]
+    s += f" | fwd+bwd {a * 1e3:9.3f} ms vs {r['other']} {b * 1e3:9.3f} ms ratio {a / b:5.2f}"
+    if "f" in r:
+        a, b, tgt = r["f"]
+        s += f" | fwd {a * 1e3:9.3f} ms vs {b * 1e3:9.3f} ms ratio {a / b:5.2f}"
+    if "onnx" in r:
+        a, b, _ = r["onnx"]
+        s += f" | onnxruntime {b * 1e3:8.3f} ms ratio {a / b:5.2f}"
+    return s
+
+
+def machine():
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+            f.seek(0)
+            flags = next((l for l in f if l.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    isa = "AVX-512" if " avx512f" in flags else ("AVX2" if " avx2" in flags else "SSE")
+    return model, isa
+
+
+def write_markdown(rows, path, args):
+    import torch
+    import rnncore
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
+    model, isa = machine()
+    lines = [
+        "# rnncore vs PyTorch and onnxruntime",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with `python bench/compare.py"
+        f"{' --quick' if args.quick else ''}` on {model} ({os.cpu_count()} cores, {isa}); "
+        f"rnncore {rnncore.__version__}, torch {torch.__version__}, onnxruntime {ort_version}, "
+        f"numpy {np.__version__}, Python {platform.python_version()}. float32, I = H; times are "
+        "medians of alternating runs; ratio = rnncore / other (lower is better for rnncore). "
+        "Targets apply at 2 threads.",
+        "",
+        "| cell | T | B | H | threads | fwd+bwd ms (rnncore / other) | ratio | target | "
+        "fwd ms (rnncore / other) | ratio | target | GFLOP/s fwd, fwd+bwd | onnxruntime fwd ms | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        a, b, t = r["fb"]
+        fb = f"{a * 1e3:.3f} / {b * 1e3:.3f} ({r['other']}) | {a / b:.2f} | "
+        fb += f"<= {t} {verdict(a / b, t, r['threads'])}" if r["threads"] == 2 and t else ""
+        if "f" in r:
+            a2, b2, t2 = r["f"]
+            f = f"{a2 * 1e3:.3f} / {b2 * 1e3:.3f} | {a2 / b2:.2f} | "
+            f += f"<= {t2} {verdict(a2 / b2, t2, r['threads'])}" if r["threads"] == 2 and t2 else ""
+            gf = f"{r['gflops_f']:.0f}, {r['gflops_fb']:.0f}"
+        else:
+            f, gf = "— | — | ", f"—, {r['gflops_fb']:.0f}"
+        if "onnx" in r:
+            a3, b3, t3 = r["onnx"]
+            o = f"{b3 * 1e3:.3f} | {a3 / b3:.2f}" + (f" ({verdict(a3 / b3, t3, r['threads'])} <= {t3})" if r["threads"] == 2 else "")
+        else:
+            o = "— | " + r.get("onnx_error", "—").replace("|", "/")
+        lines.append(f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {r['threads']} | {fb} | {f} | {gf} | {o} |")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+MEMORY_CHILD = r"""
+import resource, sys, numpy as np, rnncore
+T, train = int(sys.argv[1]), sys.argv[2] == "train"
+H, B = 256, 1
+m = rnncore.LSTM(H, H, seed=0)
+x = np.zeros((T, B, H), np.float32)
+if not train:
+    m.eval()
+    m(x[:2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y, _ = m(x)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before, after, y.nbytes)
+"""
+
+
+def memory():
+    print("Inference: peak RSS growth of one eval-mode LSTM forward (B=1, H=256), beyond its output")
+    for T in (1_000, 100_000):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(T), "eval"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        before, after, ybytes = (int(v) for v in out)
+        print(f"  T={T:>7,d}: RSS +{(after - before) / 1024:8.1f} MiB; output y {ybytes / 2**20:8.1f} MiB; "
+              f"beyond y {max(0, (after - before) * 1024 - ybytes) / 2**20:6.1f} MiB")
+    print("Training: workspace of one LSTM training forward (B=1, H=256, I=256), formula vs measured")
+    T = 20_000
+    N, I, H, S, B = T, 256, 256, 4, 1
+    formula = 4 * (N * (I + (S + 1) * H) + B * H + (N + B) * H)
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(T), "train"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    before, after, ybytes = (int(v) for v in out)
+    print(f"  T={T:,d}: formula N*(I+(S+1)*H) + B*H + (N+B)*H floats = {formula / 2**20:.1f} MiB; "
+          f"measured RSS growth {(after - before) / 1024:.1f} MiB (includes y, {ybytes / 2**20:.1f} MiB)")
+
+
+def add_arguments(ap):
+    ap.add_argument("--quick", action="store_true", help="few repeats, skip H=1024")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="+", help="registry cells to run (prefix match): lstm gru rnn peephole")
+    ap.add_argument("--markdown", help="write a Markdown table here")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
+    ap.add_argument("--memory", action="store_true", help="memory measurements only")
+
+
+def run(args, error=None):
+    if args.memory:
+        memory()
+        return 0
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    rows = run_comparison(args)
+    if args.markdown:
+        write_markdown(rows, args.markdown, args)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="rnncore bench", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    return run(args, ap.error)
