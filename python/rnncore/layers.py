@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from . import _core
 from ._base import (Module, as_array, check_parameter_memory, check_shape, positive_int,
                     to_numpy, uniform)
 
@@ -85,7 +86,9 @@ class Linear(_Layer):
     [-1/sqrt(in_features), 1/sqrt(in_features)] (PyTorch's nn.Linear).
     Backward, with x and dy flattened to rows (N, in_features) and (N, out_features):
         dW += dy^T x,   db += sum over rows of dy,   dx = dy W
-    (one GEMM each; the tape is a reference to the forward's input, not a copy)."""
+    (one GEMM each, on rnncore's own threads (rnncore._core.matmul) rather than numpy's BLAS
+    threads, which would compete with them for the cores; the tape is a reference to the
+    forward's input, not a copy)."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
         super().__init__(dtype)
@@ -108,7 +111,7 @@ class Linear(_Layer):
             raise ValueError(f"x must have shape (..., {self.in_features}) (in_features in its "
                              f"last dimension), got {x.shape}")
         x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.params["weight"].T
+        y = _core.matmul(x2, self.params["weight"], trans_b=True)
         if self.bias:
             y += self.params["bias"]
         out_shape = x.shape[:-1] + (self.out_features,)
@@ -119,11 +122,12 @@ class Linear(_Layer):
         """dy (..., out_features) -> dx (..., in_features); adds dW and db into grads."""
         with self._lock:
             dy, x2 = self._consume(dy)
-            dy2 = dy.reshape(-1, self.out_features)
-            self.grads["weight"] += dy2.T @ x2
+            dy2 = np.ascontiguousarray(dy.reshape(-1, self.out_features))
+            _core.matmul(dy2, x2, self.grads["weight"], trans_a=True, accumulate=True)
             if self.bias:
                 self.grads["bias"] += dy2.sum(axis=0)
-        return (dy2 @ self.params["weight"]).reshape(dy.shape[:-1] + (self.in_features,))
+        dx = _core.matmul(dy2, self.params["weight"])
+        return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
     def __repr__(self):
         return (f"Linear({self.in_features}, {self.out_features}"
