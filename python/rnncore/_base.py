@@ -127,6 +127,29 @@ def uniform(rng, bound, shape, dtype):
     return a
 
 
+_grad = threading.local()
+
+
+def grad_enabled():
+    """False inside `with rnncore.no_grad():` (in this thread)."""
+    return getattr(_grad, "enabled", True)
+
+
+class no_grad:
+    """`with rnncore.no_grad():` forwards compute as in eval mode (no dropout, no workspace, no
+    record for backward) whatever the modules' mode, and leave any pending backward untouched:
+    for evaluating, sampling or advancing a state in the middle of training. Per thread."""
+
+    def __enter__(self):
+        self._saved = grad_enabled()
+        _grad.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        _grad.enabled = self._saved
+        return False
+
+
 class Module:
     """Parameters and gradients as dicts of live numpy arrays; train/eval modes; state dicts.
 
@@ -165,6 +188,10 @@ class Module:
 
     def _drop_tape(self):
         pass
+
+    def _recording(self):
+        """Whether a forward now records for backward: training mode, outside no_grad()."""
+        return self.training and grad_enabled()
 
     def num_parameters(self):
         return int(sum(p.size for p in self.params.values()))

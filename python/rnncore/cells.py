@@ -117,7 +117,7 @@ class _CellBase(Module):
         B = x2.shape[0]
         h, c = self._split(("h", "c"), state, B, unbatched)
         with self._lock:
-            training = self.training
+            training = self._recording()
             # A training step keeps its own workspace until its backward; inference shares one.
             stack = self._new_stack() if training else self._inference_stack
             _, h_new, c_new = stack.forward(x2[None], self._core_params(self.params),

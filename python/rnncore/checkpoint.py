@@ -8,6 +8,7 @@
 The file (safetensors: an 8-byte header length, a JSON header, the raw tensor bytes):
   tensors   "model.<name>"             every model parameter, in its dtype
             "optim.<name>.<buffer>"    the optimiser's state ("optim.rnn.weight_ih_l0.exp_avg")
+            "arrays.<name>"            save(arrays=...): other arrays (a carried TBPTT state)
   metadata  "format": "rnncore-checkpoint", "format_version": "1",
             "meta": JSON {step, config, extra, rng (numpy bit-generator state), module_rngs (the
                     modules' own generators: dropout), optimizer {type, hyperparameters, step,
@@ -64,6 +65,7 @@ class Checkpoint:
     module_rngs: dict = field(default_factory=dict)  # dotted name -> bit-generator state
     config: Any = None
     extra: Any = None
+    arrays: dict = field(default_factory=dict)  # name -> array of save(arrays=...)
 
     def rng(self):
         """A new numpy Generator in the saved state (None if save() had no rng)."""
@@ -159,10 +161,12 @@ def _atomic_write(path, blob):
             os.close(dir_fd)
 
 
-def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=None, extra=None):
+def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=None, extra=None,
+         arrays=None):
     """Writes model parameters, optimiser and schedule state, the step, a numpy Generator's
-    state, the modules' own generators, and JSON-serialisable `config` / `extra` to one file,
-    atomically. Returns the path."""
+    state, the modules' own generators, JSON-serialisable `config` / `extra`, and `arrays` (a
+    dict name -> numpy array, e.g. the hidden state a TBPTT run carries) to one file, atomically.
+    Returns the path."""
     path = os.fspath(path)
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
@@ -171,6 +175,13 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
                         f"{type(rng).__name__}")
     tensors = OrderedDict(("model." + k, np.ascontiguousarray(v))
                           for k, v in model.params.items())
+    for name, a in (arrays or {}).items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arrays: names must be non-empty strings, got {name!r}")
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"arrays[{name!r}] must be a numeric array, got dtype {a.dtype}")
+        tensors["arrays." + name] = np.ascontiguousarray(a)
     meta = {"step": int(step), "config": _to_json(config, "config"),
             "extra": _to_json(extra, "extra"), "optimizer": None, "scheduler": None,
             "rng": None if rng is None else _to_json(rng.bit_generator.state, "rng"),
@@ -246,10 +257,14 @@ def load(path):
     opt_meta = meta.get("optimizer")
     opt_state = None if opt_meta is None else OrderedDict((n, OrderedDict())
                                                           for n in opt_meta["params"])
+    arrays = {}
     for key in sorted(tensors):
         kind, _, rest = key.partition(".")
         if kind == "model":
             model[rest] = tensors[key]
+            continue
+        if kind == "arrays":
+            arrays[rest] = tensors[key]
             continue
         name, _, buffer = rest.rpartition(".")
         if kind != "optim" or opt_state is None or name not in opt_state:
@@ -262,7 +277,7 @@ def load(path):
     return Checkpoint(path=path, model=model, optimizer=optimizer,
                       scheduler=meta.get("scheduler"), step=meta["step"],
                       rng_state=meta.get("rng"), module_rngs=meta.get("module_rngs", {}),
-                      config=meta.get("config"), extra=meta.get("extra"))
+                      config=meta.get("config"), extra=meta.get("extra"), arrays=arrays)
 
 
 def _message(e):

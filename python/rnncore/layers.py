@@ -48,8 +48,8 @@ class _Layer(Module):
 
     def _record(self, out_shape, *saved):
         """Keeps what backward needs, in training mode only; out_shape is the shape dy must have."""
-        if not self.training:
-            return  # eval() already dropped any tape
+        if not self._recording():
+            return  # eval() already dropped any tape; no_grad() leaves it alone
         with self._lock:
             self._forwards += 1
             thread = threading.get_ident()
@@ -215,7 +215,7 @@ class Embedding(_Layer):
         a = self._check_indices(indices)
         y = np.take(self.params["weight"], a, axis=0)
         # a copy of the indices (8 bytes each): the caller may reuse its array before backward
-        self._record(y.shape, a.reshape(-1).copy() if self.training else None)
+        self._record(y.shape, a.reshape(-1).copy() if self._recording() else None)
         return y
 
     def backward(self, dy):
@@ -254,7 +254,7 @@ class Dropout(_Layer):
 
     def forward(self, x):
         x = as_array("x", x, self.dtype)
-        if not self.training or self.p == 0.0:
+        if not self._recording() or self.p == 0.0:
             self._record(x.shape, None)
             return x
         keep = self._rng.random(x.shape, dtype=np.float32) >= self.p
@@ -328,7 +328,7 @@ class LayerNorm(_Layer):
             y = xhat * self.params["weight"].reshape(F)
             y += self.params["bias"].reshape(F)
         else:
-            y = xhat.copy() if self.training else xhat  # the caller may write into y
+            y = xhat.copy() if self._recording() else xhat  # the caller may write into y
         self._record(x.shape, xhat, rstd)
         return y.reshape(x.shape)
 

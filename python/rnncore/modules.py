@@ -150,7 +150,7 @@ class _RNNBase(Module):
             raise ValueError("lengths is only accepted with batched (3-D) input")
         lengths = check_lengths(lengths, T, B)
         with self._lock:
-            training = self.training
+            training = self._recording()
             if training:
                 # The workspace is reused: a previous forward's tape is invalid from here on,
                 # even if this call fails part-way.
