@@ -367,6 +367,171 @@ def memory():
           f"measured RSS growth {(after - before) / 1024:.1f} MiB (includes y, {ybytes / 2**20:.1f} MiB)")
 
 
+# ---- end-to-end: the character language model against the same model in PyTorch ----------------
+
+LM = dict(embed=64, hidden=256, layers=2, batch=32, bptt=64, lr=2e-3, clip=1.0)
+LM_TARGETS = {"lstm": 0.8, "gru": 0.6}  # rnncore / torch time per update (the training issue)
+
+
+def _torch_lm(torch, model, cell):
+    """The same network in torch.nn, with rnncore's initial weights copied in."""
+    V, E, H, L = (model.config[k] for k in ("vocab_size", "embed", "hidden", "layers"))
+    rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    net = torch.nn.ModuleDict({"embed": torch.nn.Embedding(V, E), "rnn": rnn_cls(E, H, L),
+                               "head": torch.nn.Linear(H, V)})
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.from_numpy(model.params[name]))
+    return net
+
+
+def _torch_step(torch, net, opt, x, y, state, clip):
+    """One TBPTT update of the torch model; returns (loss, detached state)."""
+    opt.zero_grad()
+    out, state = net["rnn"](net["embed"](x), state)
+    logits = net["head"](out)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    return float(loss.detach()), state
+
+
+def _profile_rnncore_update(model, opt, x, y, clip, repeats=20):
+    """Seconds per update in each part: the recurrent core, the embedding, the read-out with
+    softmax cross-entropy, clipping + Adam (medians over `repeats` updates)."""
+    from .losses import cross_entropy
+    from .optim import clip_grad_norm
+    parts = {"core (LSTM/GRU fwd+bwd)": [], "embedding fwd+bwd": [],
+             "read-out + softmax CE fwd+bwd": [], "clip + Adam": []}
+    keys = list(parts)
+    for _ in range(repeats):
+        t = [time.perf_counter()]
+        e = model.embed(x); t.append(time.perf_counter())
+        h, _ = model.rnn(e); t.append(time.perf_counter())
+        logits = model.head(h)
+        loss, d = cross_entropy(logits, y)
+        model.zero_grad()
+        dh = model.head.backward(d); t.append(time.perf_counter())
+        de, _ = model.rnn.backward(dh); t.append(time.perf_counter())
+        model.embed.backward(de); t.append(time.perf_counter())
+        clip_grad_norm(model, clip)
+        opt.step(); t.append(time.perf_counter())
+        parts[keys[1]].append((t[1] - t[0]) + (t[5] - t[4]))
+        parts[keys[0]].append((t[2] - t[1]) + (t[4] - t[3]))
+        parts[keys[2]].append(t[3] - t[2])
+        parts[keys[3]].append(t[6] - t[5])
+    return {k: float(np.median(v)) for k, v in parts.items()}
+
+
+def run_lm(args):
+    """rnncore's language model against torch's, same data, same initial weights, 2 threads,
+    updates alternating in blocks; then validation loss after the same number of updates."""
+    import torch
+    import rnncore
+    from .lm import LanguageModel, Vocabulary, default_corpus
+    from .losses import cross_entropy
+    from .optim import Adam, clip_grad_norm
+    from .tbptt import batchify, evaluate, truncated_bptt
+
+    threads = max(args.threads)
+    rnncore.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    text, source = default_corpus(args.lm_chars)
+    split = int(len(text) * 0.95)
+    vocab = Vocabulary.from_text(text[:split], "char")
+    train = batchify(vocab.encode(text[:split]), LM["batch"])
+    val = batchify(vocab.encode(text[split:]), LM["batch"])[:1025]
+    k = LM["bptt"]
+    steps, block = min(args.lm_steps, (len(train) - 1) // k), 10
+    print(f"language model: {source}; vocabulary {len(vocab)}; embedding {LM['embed']}, "
+          f"{LM['layers']} x {LM['hidden']}, batch {LM['batch']}, chunk {k}, Adam lr {LM['lr']}, "
+          f"clip {LM['clip']}; {steps} updates each, alternating blocks of {block}; "
+          f"{threads} threads")
+    rows = []
+    for cell in args.lm_cells:
+        model = LanguageModel(len(vocab), LM["embed"], LM["hidden"], LM["layers"], cell, seed=0)
+        net = _torch_lm(torch, model, cell)
+        ropt = Adam(model, lr=LM["lr"])
+        topt = torch.optim.Adam(net.parameters(), lr=LM["lr"])
+        updates = truncated_bptt(model, cross_entropy, train[:-1], train[1:], k1=k)
+        tx = torch.from_numpy(train)
+        tstate, tpos = None, 0
+        times = {"rnncore": [], "torch": []}
+        done = 0
+        while done < steps:
+            n = min(block, steps - done)
+            time.sleep(0.03)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                next(updates)
+                clip_grad_norm(model, LM["clip"])
+                ropt.step()
+                times["rnncore"].append(time.perf_counter() - t0)
+            time.sleep(0.03)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                _, tstate = _torch_step(torch, net, topt, tx[tpos:tpos + k], tx[tpos + 1:tpos + k + 1],
+                                        tstate, LM["clip"])
+                times["torch"].append(time.perf_counter() - t0)
+                tpos += k
+            done += n
+        r_val, _ = evaluate(model, cross_entropy, val[:-1], val[1:])
+        with torch.no_grad():
+            tv = torch.from_numpy(val)
+            out, _ = net["rnn"](net["embed"](tv[:-1]))
+            logits = net["head"](out)
+            t_val = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                            tv[1:].reshape(-1)))
+        xb, yb = train[:k], train[1:k + 1]
+        profile = _profile_rnncore_update(model, ropt, xb, yb, LM["clip"])
+        tr, tt = (float(np.median(times[n][2:])) for n in ("rnncore", "torch"))
+        row = dict(cell=cell, steps=steps, rnncore_s=tr, torch_s=tt, ratio=tr / tt,
+                   target=LM_TARGETS.get(cell), rnncore_chars=LM["batch"] * k / tr,
+                   torch_chars=LM["batch"] * k / tt, rnncore_val=r_val, torch_val=t_val,
+                   profile=profile)
+        rows.append(row)
+        met = "" if row["target"] is None else (" (target <= %.1f: %s)" % (
+            row["target"], "met" if row["ratio"] <= row["target"] else "missed"))
+        print(f"  {cell}: {1e3 * tr:.1f} ms vs torch {1e3 * tt:.1f} ms per update, ratio "
+              f"{row['ratio']:.2f}{met}; {row['rnncore_chars']:,.0f} vs {row['torch_chars']:,.0f} "
+              f"chars/s; validation loss after {steps} updates {r_val:.4f} vs {t_val:.4f} "
+              f"({100 * (r_val / t_val - 1):+.1f}%)")
+        total = sum(profile.values())
+        print("    rnncore update profile: " + ", ".join(
+            f"{name} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)" for name, v in profile.items()))
+    return rows
+
+
+def run_grad_norm_cost(args):
+    """Backward with and without recording ||dL/dh_t||, alternating, per config."""
+    import rnncore
+    from ._registry import make_module
+    rnncore.set_num_threads(max(args.threads))
+    print(f"gradient-norm recording: backward time with / without, {max(args.threads)} threads")
+    rng = np.random.default_rng(0)
+    for cell, T, B, H in (("lstm", 100, 64, 256), ("lstm", 100, 1, 32), ("gru", 100, 16, 128)):
+        m = make_module(cell, H, H, seed=0)
+        x = rng.standard_normal((T, B, H)).astype(np.float32)
+        dy = rng.standard_normal((T, B, H)).astype(np.float32)
+
+        def step(record):
+            def f():
+                m.record_grad_norms = record
+                m(x)
+                t0 = time.perf_counter()
+                m.backward(dy)
+                f.elapsed.append(time.perf_counter() - t0)
+            f.elapsed = []
+            return f
+        off, on = step(False), step(True)
+        median_times([off, on], repeats=60)
+        b_off, b_on = float(np.median(off.elapsed)), float(np.median(on.elapsed))
+        print(f"  {cell} T={T} B={B} H={H}: backward {1e3 * b_off:.3f} ms, with norms "
+              f"{1e3 * b_on:.3f} ms ({100 * (b_on / b_off - 1):+.1f}%)")
+
+
 def add_arguments(ap):
     ap.add_argument("--quick", action="store_true", help="few repeats, skip H=1024")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -374,11 +539,24 @@ def add_arguments(ap):
     ap.add_argument("--markdown", help="write a Markdown table here")
     ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
     ap.add_argument("--memory", action="store_true", help="memory measurements only")
+    ap.add_argument("--lm", action="store_true", help="only the end-to-end language-model "
+                    "training against the same model in PyTorch")
+    ap.add_argument("--lm-steps", type=int, default=200, help="updates per library (--lm)")
+    ap.add_argument("--lm-cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    ap.add_argument("--lm-chars", type=int, default=600_000, help="corpus characters (--lm)")
+    ap.add_argument("--grad-norms", action="store_true",
+                    help="only the cost of recording ||dL/dh_t|| in backward")
 
 
 def run(args, error=None):
     if args.memory:
         memory()
+        return 0
+    if args.lm:
+        run_lm(args)
+        return 0
+    if args.grad_norms:
+        run_grad_norm_cost(args)
         return 0
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     rows = run_comparison(args)
