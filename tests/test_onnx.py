@@ -55,7 +55,7 @@ def test_export_runs_in_onnxruntime_with_states_and_lengths(cell, bidirectional,
     I, H, T, B = 3, 5, 7, 4
     m = make_module(cell, I, H, num_layers=num_layers, bidirectional=bidirectional,
                     batch_first=batch_first, dtype=np.float64, seed=7)
-    if cell not in rnn_onnx._CELLS:
+    if not rnn_onnx._exportable(cell):
         with pytest.raises(ValueError, match="no standard ONNX operator"):
             rnn_onnx.to_onnx(m)
         return
@@ -103,10 +103,8 @@ def test_float64_export_equals_onnx_reference_evaluator(cell, rng):
     """The float64 graph, evaluated by onnx's own numpy implementation of the operators (an
     independent reading of the ONNX specification), equals rnncore to float64 rounding."""
     from onnx.reference import ReferenceEvaluator
-    if cell not in rnn_onnx._CELLS:
+    if not rnn_onnx._exportable(cell):
         pytest.skip(f"{cell} has no ONNX operator")
-    if cell == "rnn_relu":
-        pytest.skip("onnx.reference's RNN implements only the Tanh and Affine activations")
     m = make_module(cell, 3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=3)
     x = rng.standard_normal((6, 2, 3))
     init = [rng.standard_normal((4, 2, 4)) for _ in range(2 if has_cell_state(cell) else 1)]
@@ -114,7 +112,13 @@ def test_float64_export_equals_onnx_reference_evaluator(cell, rng):
     model = rnn_onnx.to_onnx(m, initial_state=True)
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
     feed = dict(zip(("x", "h0", "c0"), [x] + init))
-    got = ReferenceEvaluator(model).run(None, feed)
+    try:
+        evaluator = ReferenceEvaluator(model)
+    except RuntimeError as e:  # onnx 1.23's RNN knows Tanh and Affine only, not Relu
+        if "Unknown activation" not in str(e):
+            raise
+        pytest.skip(f"onnx.reference cannot evaluate this cell: {e}")
+    got = evaluator.run(None, feed)
     for g, want in zip(got, (y,) + states(cell, final)):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
@@ -146,7 +150,7 @@ def test_language_model_export(cell, rng):
         np.testing.assert_allclose(g, want, **F32_TOL)
 
 
-@pytest.mark.parametrize("cell", [c for c in CELLS if c in rnn_onnx._CELLS])
+@pytest.mark.parametrize("cell", [c for c in CELLS if rnn_onnx._exportable(c)])
 def test_import_round_trip_is_exact(cell):
     m = make_module(cell, 3, 4, num_layers=3, bidirectional=True, bias=cell != "gru",
                     dtype=np.float64, seed=5)

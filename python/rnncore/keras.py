@@ -25,25 +25,41 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _registry
+from .modules import GRU, LSTM, RNN, _RNNBase
 
-class _KerasCell(NamedTuple):
+
+class _KerasLayer(NamedTuple):
     layer: str        # the Keras layer class
     order: tuple      # Keras gate block k is our gate block order[k]
-    config: dict      # the layer configuration that computes this cell
+    config: dict      # the Keras settings that make it compute our cell
     split_bias: bool  # Keras keeps the input and recurrent biases apart, bias (2, G*H)
 
 
-# registry cell -> the Keras layer that computes it; a cell missing here has none.
-_CELLS = {
-    "lstm": _KerasCell("LSTM", (0, 1, 2, 3),
-                       {"activation": "tanh", "recurrent_activation": "sigmoid"}, False),
-    "gru": _KerasCell("GRU", (1, 0, 2), {"activation": "tanh", "recurrent_activation": "sigmoid",
-                                         "reset_after": True}, True),
-    "gru_reset_before": _KerasCell("GRU", (1, 0, 2), {
-        "activation": "tanh", "recurrent_activation": "sigmoid", "reset_after": False}, False),
-    "rnn_tanh": _KerasCell("SimpleRNN", (0,), {"activation": "tanh"}, False),
-    "rnn_relu": _KerasCell("SimpleRNN", (0,), {"activation": "relu"}, False),
-}
+_SIGMOID_TANH = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+_NONLINEARITIES = ("tanh", "relu")  # RNN(nonlinearity=) values SimpleRNN has under that name
+
+
+def _keras_form(cls, options):
+    """The Keras layer that computes the cell of public class `cls` with `options` (its
+    `variants` entry), or None (a peephole LSTM, or any cell Keras has no layer for)."""
+    if cls is LSTM and options == {"peephole": False}:
+        return _KerasLayer("LSTM", (0, 1, 2, 3), dict(_SIGMOID_TANH), False)
+    if cls is GRU and set(options) == {"reset_after"}:
+        reset_after = bool(options["reset_after"])
+        return _KerasLayer("GRU", (1, 0, 2), {**_SIGMOID_TANH, "reset_after": reset_after},
+                           reset_after)
+    if cls is RNN and set(options) == {"nonlinearity"} and \
+            options["nonlinearity"] in _NONLINEARITIES:
+        return _KerasLayer("SimpleRNN", (0,), {"activation": options["nonlinearity"]}, False)
+    return None
+
+
+def _cell_form(cell):
+    """The Keras layer of a registry cell, through the public class that runs it, or None."""
+    return _keras_form(*_registry._MODULES[cell]) if cell in _registry._MODULES else None
+
+
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
 
 
@@ -61,15 +77,15 @@ def _inverse(order):
 
 
 def _spec(module):
-    from .modules import _RNNBase
     if not isinstance(module, _RNNBase):
         raise TypeError(f"module must be an rnncore RNN, LSTM or GRU module, got "
                         f"{type(module).__name__}")
-    if module.cell not in _CELLS:
+    form = _cell_form(module.cell)
+    if form is None:
         raise ValueError(f"{module!r} runs the cell {module.cell!r}, which no Keras layer "
-                         f"computes (Keras has no peephole LSTM); cells with a Keras layer: "
-                         f"{', '.join(_CELLS)}")
-    return _CELLS[module.cell]
+                         "computes (Keras has LSTM without peepholes, GRU with reset_after "
+                         "True or False, SimpleRNN with tanh or relu)")
+    return form
 
 
 def _suffix(layer, direction):
@@ -191,13 +207,15 @@ def _layer_cell(layer, where):
     """The registry cell of a plain Keras LSTM / GRU / SimpleRNN layer, or ValueError."""
     name = _class_name(layer)
     config = layer.get_config()
-    for cell, spec in _CELLS.items():
-        if spec.layer == name and all(config.get(k) == v for k, v in spec.config.items()):
+    forms = {cell: _cell_form(cell) for cell in _registry.CELLS}
+    forms = {cell: form for cell, form in forms.items() if form and form.layer == name}
+    for cell, form in forms.items():
+        if all(config.get(k) == v for k, v in form.config.items()):
             return cell
-    keys = sorted({k for spec in _CELLS.values() if spec.layer == name for k in spec.config})
+    keys = sorted({k for form in forms.values() for k in form.config})
     got = ", ".join(f"{k}={config.get(k)!r}" for k in keys)
-    supported = "; ".join(", ".join(f"{k}={v!r}" for k, v in spec.config.items())
-                          for spec in _CELLS.values() if spec.layer == name)
+    supported = "; ".join(", ".join(f"{k}={v!r}" for k, v in form.config.items())
+                          for form in forms.values())
     raise ValueError(f"{where}: Keras {name} with {got} has no rnncore counterpart; rnncore "
                      f"loads {name} with {supported}")
 

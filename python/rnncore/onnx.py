@@ -26,27 +26,29 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _registry
+from .modules import GRU, LSTM, RNN, _RNNBase
+
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # the LSTM/GRU/RNN definitions with the `layout` attribute (read on import)
 
 
-class _OnnxCell(NamedTuple):
-    op: str            # the ONNX operator
-    order: tuple       # ONNX gate block k is our gate block order[k]
-    activations: tuple  # the operator's activations for one direction
-    attributes: dict   # further attributes that select this cell
+class _Operator(NamedTuple):
+    op: str             # the ONNX operator
+    order: tuple        # ONNX gate block k is our gate block order[k]
+    activations: tuple  # the operator's activations for one direction (its defaults)
+    option: str         # the constructor option of the class's `variants` the node expresses
 
 
-# registry cell -> how ONNX computes it. A cell missing here has no standard ONNX operator.
-_CELLS = {
-    "lstm": _OnnxCell("LSTM", (0, 3, 1, 2), ("Sigmoid", "Tanh", "Tanh"), {}),
-    "peephole_lstm": _OnnxCell("LSTM", (0, 3, 1, 2), ("Sigmoid", "Tanh", "Tanh"), {}),
-    "gru": _OnnxCell("GRU", (1, 0, 2), ("Sigmoid", "Tanh"), {"linear_before_reset": 1}),
-    "gru_reset_before": _OnnxCell("GRU", (1, 0, 2), ("Sigmoid", "Tanh"),
-                                  {"linear_before_reset": 0}),
-    "rnn_tanh": _OnnxCell("RNN", (0,), ("Tanh",), {}),
-    "rnn_relu": _OnnxCell("RNN", (0,), ("Relu",), {}),
+# public class -> the ONNX operator that computes it. The option says which cell: LSTM
+# peephole=True is the input P, GRU reset_after is linear_before_reset, RNN nonlinearity the
+# activation (_NONLINEARITIES). A class (or option value) missing here has no ONNX operator.
+_OPERATORS = {
+    LSTM: _Operator("LSTM", (0, 3, 1, 2), ("Sigmoid", "Tanh", "Tanh"), "peephole"),
+    GRU: _Operator("GRU", (1, 0, 2), ("Sigmoid", "Tanh"), "reset_after"),
+    RNN: _Operator("RNN", (0,), ("Tanh",), "nonlinearity"),
 }
+_NONLINEARITIES = {"tanh": "Tanh", "relu": "Relu"}  # RNN(nonlinearity=) -> ONNX activation
 _PEEPHOLE_ORDER = (0, 2, 1)  # ONNX P rows [i, o, f] from our rows [i, f, o]
 _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
@@ -111,24 +113,41 @@ class _Graph:
         return names if outputs > 1 else names[0]
 
 
-def _check_module(module):
-    from .modules import _RNNBase
+def _export_form(module):
+    """(operator, activations of one direction, attributes) of the ONNX node that computes the
+    module's cell; ValueError if there is none."""
     if not isinstance(module, _RNNBase):
         raise TypeError(f"model must be an rnncore RNN, LSTM, PeepholeLSTM or GRU module or an "
                         f"rnncore.lm.LanguageModel, got {type(module).__name__}")
-    if module.cell not in _CELLS:
-        raise ValueError(f"{type(module).__name__} runs the cell {module.cell!r}, which has no "
-                         f"standard ONNX operator (exportable cells: {', '.join(_CELLS)})")
-    return _CELLS[module.cell]
+    cls, options = _registry._MODULES[module.cell]
+    operator = _OPERATORS.get(cls)
+    value = options.get(operator.option) if operator else None
+    if operator is None or set(options) != {operator.option} or (
+            cls is RNN and value not in _NONLINEARITIES):
+        raise ValueError(f"{module!r} runs the cell {module.cell!r}, which has no standard ONNX "
+                         "operator (ONNX has LSTM with or without peepholes, GRU in both forms, "
+                         "RNN with tanh or relu)")
+    activations = (_NONLINEARITIES[value],) if cls is RNN else operator.activations
+    attributes = {"linear_before_reset": int(value)} if cls is GRU else {}
+    return operator, activations, attributes
+
+
+def _exportable(cell):
+    """Whether a registry cell has a standard ONNX operator."""
+    try:
+        _export_form(_registry.make_module(cell, 1, 1))
+    except ValueError:
+        return False
+    return True
 
 
 def _stack(g, module, x, h0, c0, lengths):
     """Adds the recurrent stack of `module` to graph g. x: name of the (T, B, I) input; h0, c0:
     names of (L*D, B, H) initial states or None; lengths: name of the int64 (B,) lengths or
     None. Returns the names of y (T, B, D*H), h_n and c_n (None unless an LSTM)."""
-    spec = _CELLS[module.cell]
+    spec, activations, attributes = _export_form(module)
     H, D, L = module.hidden_size, module.num_directions, module.num_layers
-    lstm = spec.op == "LSTM"
+    two_states = spec.op == "LSTM"  # h and c (and the input slots initial_c, P)
     direction = "bidirectional" if D == 2 else "forward"
     sequence_lens = zero_length = None
     zero = []  # the scalar 0 initial state, made when first needed
@@ -165,14 +184,14 @@ def _stack(g, module, x, h0, c0, lengths):
                     g.constant(f"end_{stem}", np.array([(layer + 1) * D], np.int64)),
                     g.constant(f"axis_{stem}", np.array([0], np.int64))], f"initial_{name}_{stem}")
         inputs.append(initial.get("h", ""))
-        if lstm:
+        if two_states:
             inputs.append(initial.get("c", ""))
             inputs.append(g.weight(f"P_{stem}", np.stack(P)) if P else "")
         while inputs[-1] == "":  # trailing optional inputs are left out
             inputs.pop()
-        outs = g.node(spec.op, inputs, f"{spec.op.lower()}_{stem}", outputs=3 if lstm else 2,
-                      hidden_size=H, direction=direction,
-                      activations=list(spec.activations) * D, **spec.attributes)
+        outs = g.node(spec.op, inputs, f"{spec.op.lower()}_{stem}",
+                      outputs=3 if two_states else 2, hidden_size=H, direction=direction,
+                      activations=list(activations) * D, **attributes)
         y, finals = outs[0], outs[1:]
         for name, final, parts in zip(("h", "c"), finals, (h_parts, c_parts)):
             if zero_length is not None:
@@ -187,7 +206,7 @@ def _stack(g, module, x, h0, c0, lengths):
         x = g.node("Reshape", [y, y_shape], f"y_{stem}", allowzero=0)
     h_n = g.node("Concat", h_parts, "h_n_all", axis=0) if L > 1 else h_parts[0]
     c_n = None
-    if lstm:
+    if two_states:
         c_n = g.node("Concat", c_parts, "c_n_all", axis=0) if L > 1 else c_parts[0]
     return x, h_n, c_n
 
@@ -213,7 +232,7 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
 
     lm = isinstance(model, LanguageModel)
     module = model.rnn if lm else model
-    spec = _check_module(module)
+    spec = _export_form(module)[0]
     if isinstance(opset, bool) or not isinstance(opset, int) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise ValueError(f"opset must be an int in [{MIN_OPSET}, "
@@ -229,7 +248,7 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     H, LD = module.hidden_size, module.num_layers * module.num_directions
     info = onnx.helper.make_tensor_value_info
     inputs, outputs = [], []
-    lstm = spec.op == "LSTM"
+    two_states = spec.op == "LSTM"  # h and c (and the input slots initial_c, P)
 
     if lm:
         inputs.append(info("tokens", onnx.TensorProto.INT64, ["T", "B"]))
@@ -242,9 +261,9 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
             else "x"
     h0 = c0 = None
     if initial_state:
-        for name in ("h0", "c0") if lstm else ("h0",):
+        for name in ("h0", "c0") if two_states else ("h0",):
             inputs.append(info(name, elem, [LD, "B", H]))
-        h0, c0 = "h0", ("c0" if lstm else None)
+        h0, c0 = "h0", ("c0" if two_states else None)
     lens = None
     if lengths:
         lens = "lengths"
@@ -387,8 +406,8 @@ def _node_layer(onnx, node, constants):
     if "hidden_size" in attrs and attrs["hidden_size"] != H:
         raise ValueError(f"{what}: hidden_size attribute {attrs['hidden_size']} does not match R "
                          f"of shape {R.shape}")
-    cell = _match_cell(what, node.op_type, attrs, D, P is not None)
-    spec = _CELLS[cell]
+    cell = _import_cell(what, node.op_type, attrs, D, P is not None)
+    spec = _OPERATORS[_registry._MODULES[cell][0]]
     G = len(spec.order)
     I = W.shape[2]
     for label, a, shape in (("W", W, (D, G * H, I)), ("R", R, (D, G * H, H)),
@@ -410,26 +429,30 @@ def _node_layer(onnx, node, constants):
                 hidden_size=H, bias=B is not None, dtype=W.dtype)
 
 
-_DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
-                        "RNN": ("Tanh",)}  # per direction, when the node gives none
-
-
-def _match_cell(what, op, attrs, D, has_peephole):
+def _import_cell(what, op, attrs, D, has_peephole):
     """The registry cell that computes what the node computes, or ValueError."""
+    cls, operator = next((c, o) for c, o in _OPERATORS.items() if o.op == op)
     given = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    activations = [a.lower() for a in given or list(_DEFAULT_ACTIVATIONS[op]) * D]
+    activations = [a.lower() for a in given] or [a.lower() for a in operator.activations] * D
     lbr = attrs.get("linear_before_reset", 0)
-    for cell, spec in _CELLS.items():
-        if (spec.op == op and (cell == "peephole_lstm") == has_peephole
-                and activations == [a.lower() for a in spec.activations] * D
-                and spec.attributes.get("linear_before_reset", 0) == lbr):
-            return cell
-    kinds = {"LSTM": "activations [Sigmoid, Tanh, Tanh] per direction",
-             "GRU": "activations [Sigmoid, Tanh] per direction, linear_before_reset 0 or 1",
-             "RNN": "activation Tanh or Relu, the same for both directions"}
+    options = None
+    if cls is RNN:
+        by_onnx = {v.lower(): k for k, v in _NONLINEARITIES.items()}
+        if len(set(activations)) == 1 and activations[0] in by_onnx and len(activations) == D:
+            options = {"nonlinearity": by_onnx[activations[0]]}
+    elif activations == [a.lower() for a in operator.activations] * D:
+        options = {"peephole": has_peephole} if cls is LSTM else {"reset_after": bool(lbr)}
+    if options is not None:
+        try:
+            return _registry.select(cls, **options)
+        except ValueError:
+            pass
+    expected = {"LSTM": "activations [Sigmoid, Tanh, Tanh] per direction",
+                "GRU": "activations [Sigmoid, Tanh] per direction, linear_before_reset 0 or 1",
+                "RNN": "activation Tanh or Relu, the same for both directions"}
     also = f" with linear_before_reset={lbr}" if op == "GRU" else ""
     raise ValueError(f"{what}: activations {given or '(the default)'}{also} have no rnncore "
-                     f"counterpart; rnncore imports {op} with {kinds[op]}")
+                     f"counterpart; rnncore imports {op} with {expected[op]}")
 
 
 def _chained(graph, earlier, later):
