@@ -206,6 +206,9 @@ def _keras_layers(layers):
 def _layer_cell(layer, where):
     """The registry cell of a plain Keras LSTM / GRU / SimpleRNN layer, or ValueError."""
     name = _class_name(layer)
+    if name not in ("LSTM", "GRU", "SimpleRNN"):
+        raise ValueError(f"{where}: a Bidirectional wrapper must hold a Keras LSTM, GRU or "
+                         f"SimpleRNN layer, got {type(layer).__name__}")
     config = layer.get_config()
     forms = {cell: _cell_form(cell) for cell in _registry.CELLS}
     forms = {cell: form for cell, form in forms.items() if form and form.layer == name}
