@@ -98,7 +98,9 @@ def test_export_defaults_file_and_names(tmp_path, rng):
     np.testing.assert_allclose(s.run(None, {"x": x2})[0], m(x2)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+# onnx 1.23's reference RNN knows the Tanh and Affine activations only, not Relu: the ReLU RNN's
+# export is checked against onnxruntime (float32) above instead.
+@pytest.mark.parametrize("cell", [c for c in CELLS if c != "rnn_relu"])
 def test_float64_export_equals_onnx_reference_evaluator(cell, rng):
     """The float64 graph, evaluated by onnx's own numpy implementation of the operators (an
     independent reading of the ONNX specification), equals rnncore to float64 rounding."""
@@ -112,13 +114,7 @@ def test_float64_export_equals_onnx_reference_evaluator(cell, rng):
     model = rnn_onnx.to_onnx(m, initial_state=True)
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
     feed = dict(zip(("x", "h0", "c0"), [x] + init))
-    try:
-        evaluator = ReferenceEvaluator(model)
-    except RuntimeError as e:  # onnx 1.23's RNN knows Tanh and Affine only, not Relu
-        if "Unknown activation" not in str(e):
-            raise
-        pytest.skip(f"onnx.reference cannot evaluate this cell: {e}")
-    got = evaluator.run(None, feed)
+    got = ReferenceEvaluator(model).run(None, feed)
     for g, want in zip(got, (y,) + states(cell, final)):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
