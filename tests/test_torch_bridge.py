@@ -519,6 +519,52 @@ def test_contiguous_cpu_tensors_are_never_copied(dtype, monkeypatch):
     assert all(same(p.grad, grads[n]) for n, p in m.named_parameters())
 
 
+def test_non_contiguous_tensors_give_the_same_results():
+    theirs, ours = twin_pair("lstm", num_layers=2)
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(T, 2 * B, I, generator=g, dtype=torch.float64)
+    x_strided = big[:, ::2].requires_grad_()  # a view with strides: copied once for the call
+    x_dense = big[:, ::2].contiguous().requires_grad_()
+    states = [torch.randn(2, B, H, generator=g, dtype=torch.float64).transpose(0, 1)
+              .contiguous().transpose(0, 1).requires_grad_() for _ in range(2)]
+    assert not x_strided.is_contiguous() and not states[0].is_contiguous()
+    out_a, grads_a = run(ours, "lstm", x_strided, states)
+    out_b, grads_b = run(ours, "lstm", x_dense, [s.detach().contiguous().requires_grad_()
+                                                   for s in states])
+    for a, b in zip(out_a + grads_a, out_b + grads_b):
+        assert torch.equal(a, b)
+
+
+def test_parameter_views_follow_the_parameters():
+    """The numpy views of the parameters are kept between calls; every way of changing a
+    parameter is seen by the next call."""
+    theirs, ours = twin_pair("gru")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+
+    def check():
+        with torch.no_grad():
+            assert_close(ours(x)[0], theirs(x)[0], "after a parameter change")
+    check()
+    with torch.no_grad():
+        for m in (theirs, ours):  # in place (as optimisers and load_state_dict do)
+            m.weight_hh_l0.mul_(-0.5)
+    check()
+    w = torch.randn(3 * H, I, dtype=torch.float64)
+    for m in (theirs, ours):  # new memory behind the same Parameter
+        m.weight_ih_l0.data = w.clone()
+    check()
+    w = torch.randn(H, 3 * H, dtype=torch.float64)
+    for m in (theirs, ours):  # a non-contiguous parameter (copied for the call)
+        m.weight_hh_l0 = torch.nn.Parameter(w.t())
+    assert not ours.weight_hh_l0.is_contiguous()
+    check()
+    theirs = theirs.float()
+    ours = ours.float()
+    x = x.float()
+    with torch.no_grad():
+        assert_close(ours(x)[0], theirs(x)[0], "after .float()", atol=1e-5, rtol=1e-4)
+
+
 # ---- training with torch's tools -------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_training_with_torch_optimiser_and_clipping_equals_torch_nn(cell):

@@ -38,7 +38,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _core, _registry
 from . import modules as _numpy_modules
 
-__all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU"]
+__all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "InputError"]
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -64,7 +64,7 @@ class _Engine:
         self._args = (cell, input_size, hidden_size, num_layers, bidirectional)
         self._free = []  # (numpy dtype, Stack)
         self._lock = threading.Lock()
-        # (weights, their data pointers, numpy dtype, {name: numpy view}) of the last call:
+        # (weights, their data pointers, torch dtype, {name: numpy view}) of the last call:
         # building the views costs more than checking that the tensors are still the same ones
         # on the same memory (an in-place update keeps both; .to(), .data = ... change memory).
         self.views = None
@@ -95,10 +95,10 @@ class _Engine:
 
 class _Call:
     """What one forward call hands to _StackFunction besides the tensors."""
-    __slots__ = ("pool", "names", "dtype", "params", "lengths", "dropout", "seed", "stack")
+    __slots__ = ("engine", "names", "dtype", "params", "lengths", "dropout", "seed", "stack")
 
-    def __init__(self, pool, names, dtype, params, lengths, dropout, seed):
-        self.pool, self.names, self.dtype, self.params = pool, names, dtype, params
+    def __init__(self, engine, names, dtype, params, lengths, dropout, seed):
+        self.engine, self.names, self.dtype, self.params = engine, names, dtype, params
         self.lengths, self.dropout, self.seed = lengths, dropout, seed
         self.stack = None  # the Stack holding this call's workspace until its backward
 
@@ -125,11 +125,11 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call, x, h0, c0, *weights):
-        stack = call.pool.acquire(call.dtype)
+        stack = call.engine.acquire(call.dtype)
         try:
             y, h_n, c_n = call.run(stack, x, h0, c0, training=True)
         except BaseException:
-            call.pool.release(call.dtype, stack)
+            call.engine.release(call.dtype, stack)
             raise
         call.stack = stack
         ctx.call = call
@@ -153,11 +153,11 @@ class _StackFunction(torch.autograd.Function):
         x, h0, c0, *weights = ctx.saved_tensors
         stack, call.stack = call.stack, None
         if stack is None:  # this graph's backward already ran once (retain_graph=True)
-            stack = call.pool.acquire(call.dtype)
+            stack = call.engine.acquire(call.dtype)
             try:
                 call.run(stack, x, h0, c0, training=True)
             except BaseException:
-                call.pool.release(call.dtype, stack)
+                call.engine.release(call.dtype, stack)
                 raise
         grads = {name: np.zeros(tuple(w.shape), call.dtype) for name, w in zip(call.names, weights)}
         try:
@@ -166,7 +166,7 @@ class _StackFunction(torch.autograd.Function):
                 dh_n=None if dh_n is None else _view(dh_n.contiguous()),
                 dc_n=None if dc_n is None else _view(dc_n.contiguous()))
         finally:
-            call.pool.release(call.dtype, stack)
+            call.engine.release(call.dtype, stack)
         needs = ctx.needs_input_grad
         out = [None,
                torch.from_numpy(dx) if needs[1] else None,
@@ -242,8 +242,7 @@ class _RNNBase(torch.nn.Module):
                     self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
-        self._engine = _Engine(self.cell, self.input_size, H, self.num_layers,
-                                  self.bidirectional)
+        self._engine = _Engine(self.cell, self.input_size, H, self.num_layers, self.bidirectional)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -294,8 +293,8 @@ class _RNNBase(torch.nn.Module):
         if t.device.type != "cpu":
             raise NotImplementedError(
                 f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), but "
-                f"{what} is on {t.device}; move the module and its inputs to the CPU "
-                f"(.cpu()), or use torch.nn.{self.mode.split('_')[0]} on {t.device}")
+                f"{what} is on {t.device}; move the module and its inputs to the CPU (.cpu()), "
+                f"or use a torch.nn layer on {t.device}")
         if t.dtype != dtype:
             raise ValueError(f"{self._name()}: {what} dtype ({t.dtype}) does not match weight "
                              f"dtype ({dtype}); convert it with .to({dtype}), or the module "
@@ -321,7 +320,7 @@ class _RNNBase(torch.nn.Module):
                 raise NotImplementedError(
                     f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), "
                     f"but its parameter {name} is on {w.device}; move the module to the CPU "
-                    f"(.cpu()), or use torch.nn.{self.mode.split('_')[0]} there")
+                    f"(.cpu()), or use a torch.nn layer there")
             if w.dtype != dtype:
                 raise TypeError(f"{self._name()}: parameter {name} is {w.dtype}, the others "
                                 f"{dtype}; all parameters must have one dtype")
@@ -335,21 +334,19 @@ class _RNNBase(torch.nn.Module):
         return (self.num_layers * self.num_directions, batch, self.hidden_size)
 
     def _check_state(self, what, t, dtype, expected, batched):
+        """An initial state, checked against `expected` (L*D, B, H), as (L*D, B, H) contiguous."""
         self._check_tensor(what, t, dtype)
+        layout = f"(num_layers * num_directions, {'B, ' if batched else ''}hidden_size)"
         if t.dim() != (3 if batched else 2):
             raise InputError(
                 f"{self._name()}: for {'batched 3-D' if batched else 'unbatched 2-D'} input, "
-                f"{what} should also be {3 if batched else 2}-D "
-                f"(num_layers * num_directions, {'B, ' if batched else ''}hidden_size) but got "
-                f"{t.dim()}-D with shape {tuple(t.shape)}")
-        if not batched:
-            t = t.unsqueeze(1)
-        if tuple(t.shape) != expected:
-            shown = expected if batched else (expected[0], expected[2])
-            raise InputError(f"{self._name()}: expected {what} of shape {shown} "
-                             f"(num_layers * num_directions, B, hidden_size), got "
-                             f"{tuple(t.shape) if batched else tuple(t.shape[::2])}")
-        return t.contiguous()
+                f"{what} should also be {3 if batched else 2}-D {layout} but got {t.dim()}-D "
+                f"with shape {tuple(t.shape)}")
+        shape = expected if batched else (expected[0], expected[2])
+        if tuple(t.shape) != shape:
+            raise InputError(f"{self._name()}: expected {what} of shape {shape} {layout}, got "
+                             f"{tuple(t.shape)}")
+        return (t if batched else t.unsqueeze(1)).contiguous()
 
     def _split_hx(self, hx):
         """hx -> [h0] or [h0, c0] (entries may be None)."""
