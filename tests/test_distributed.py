@@ -19,7 +19,8 @@ import pytest
 import rnncore
 from rnncore.losses import mse
 
-torch = pytest.importorskip("torch", reason="torch.distributed is the transport")
+torch = pytest.importorskip("torch", reason="PyTorch 2.13 is not installed: torch.distributed "
+                                            "is the transport")
 
 WORLD, LOCAL_B, STEPS = 2, 3, 4
 T, I, H = 6, 3, 5

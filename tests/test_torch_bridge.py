@@ -19,7 +19,8 @@ import rnncore
 from conftest import CELLS, has_cell_state, torch_twin
 from rnncore import _registry, reference
 
-torch = pytest.importorskip("torch", reason="PyTorch 2.13 is the oracle of these tests")
+torch = pytest.importorskip("torch", reason="PyTorch 2.13 is not installed: rnncore.torch "
+                                            "needs it, and torch.nn is the oracle")
 import rnncore.torch as rt  # noqa: E402  (needs torch)
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
@@ -72,7 +73,8 @@ def run(module, cell, x, states, weights=None):
     outs = [y_data] + states_of(cell, hx)
     weights = weights or loss_weights(outs, 7)
     loss = sum((o * w).sum() for o, w in zip(outs, weights))
-    leaves = [x.data if hasattr(x, "batch_sizes") else x] + (states or []) + list(module.parameters())
+    leaves = [x.data if hasattr(x, "batch_sizes") else x] + (states or [])
+    leaves += list(module.parameters())
     grads = torch.autograd.grad(loss, leaves)
     return [o.detach() for o in outs], list(grads)
 
@@ -285,7 +287,7 @@ def test_lecture_gru_is_reset_before_gru_with_z_negated():
         np.testing.assert_allclose(y[t].numpy(), h, atol=1e-12)
 
 
-# ---- gradcheck ------------------------------------------------------------------------------------
+# ---- gradcheck -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_float64(cell):
     # Finite differences run the layer hundreds of times at sizes where a second thread only
@@ -384,7 +386,7 @@ def test_double_backward_is_refused():
     assert gx.shape == x.shape
 
 
-# ---- modes, dtypes, memory -------------------------------------------------------------------------
+# ---- modes, dtypes, memory -----------------------------------------------------------------------
 @pytest.mark.parametrize("cell", TWIN_CELLS)
 def test_no_grad_and_inference_mode(cell):
     theirs, ours = twin_pair(cell, num_layers=2, bidirectional=True)
@@ -565,7 +567,7 @@ def test_parameter_views_follow_the_parameters():
         assert_close(ours(x)[0], theirs(x)[0], "after .float()", atol=1e-5, rtol=1e-4)
 
 
-# ---- training with torch's tools -------------------------------------------------------------------
+# ---- training with torch's tools -----------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_training_with_torch_optimiser_and_clipping_equals_torch_nn(cell):
     theirs, ours = twin_pair(cell, num_layers=2, batch_first=True)
