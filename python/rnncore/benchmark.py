@@ -532,6 +532,214 @@ def run_grad_norm_cost(args):
               f"{1e3 * b_on:.3f} ms ({100 * (b_on / b_off - 1):+.1f}%)")
 
 
+# ---- rnncore.torch: the bridge's own cost, the engine's ratios through it, a small model ---------
+
+BRIDGE_MODEL = dict(vocab=96, embed=64, hidden=256, batch=32, seq_len=64, lr=2e-3, clip=1.0)
+
+
+def _null_function(torch):
+    """An autograd.Function with the bridge's signature that computes nothing: what any torch
+    extension pays for autograd (apply, saving tensors, the engine, gradient accumulation)."""
+    class Null(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, call, x, h0, c0, *weights):
+            ctx.save_for_backward(x, h0, c0, *weights)
+            ctx.set_materialize_grads(False)
+            y = torch.from_numpy(np.empty(call, dtype=np.float32))
+            return y, torch.from_numpy(np.empty(call[1:], dtype=np.float32)), None
+
+        @staticmethod
+        def backward(ctx, dy, dh_n, dc_n):
+            x, _, _, *weights = ctx.saved_tensors
+            return (None, torch.from_numpy(np.zeros(tuple(x.shape), np.float32)), None, None,
+                    *(torch.from_numpy(np.zeros(tuple(w.shape), np.float32)) for w in weights))
+    return Null
+
+
+def _bridge_overhead(torch, rt, repeats):
+    """Per-call cost of rnncore.torch.GRU over calling the C++ Stack (and the numpy module) on
+    the same arrays, at a size where the arithmetic is negligible (T=1, B=1, H=8)."""
+    import rnncore
+    from . import _core
+    I = H = 8
+    tm = rt.GRU(I, H)
+    m = rnncore.GRU(I, H)
+    m.load_state_dict(tm.state_dict())
+    stack = _core.Stack("gru", I, H, 1, False, np.float32)
+    x = torch.zeros(1, 1, I)
+    dy = torch.ones(1, 1, H)
+    xn, dyn = x.numpy(), dy.numpy()
+    weights = list(tm.parameters())
+    null = _null_function(torch)
+
+    def bridge_fwd():
+        with torch.no_grad():
+            tm(x)
+
+    def bridge_fb():
+        y, _ = tm(x)
+        y.backward(dy)
+
+    def stack_fb():
+        stack.forward(xn, m.params, training=True)
+        stack.backward(dyn, m.params, m.grads)
+
+    def numpy_fb():
+        m(xn)
+        m.backward(dyn)
+
+    def null_fb():
+        y, _, _ = null.apply((1, 1, H), x, None, None, *weights)
+        y.backward(dy)
+
+    def numpy_fwd():
+        m.eval()
+        m(xn)
+        m.train()
+
+    def timed(f, n):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    n = repeats * 50
+    for f in (bridge_fwd, bridge_fb, stack_fb, numpy_fb, null_fb, numpy_fwd):
+        timed(f, 200)
+    r = {name: timed(f, n) for name, f in (
+        ("bridge_fwd", bridge_fwd), ("stack_fwd", lambda: stack.forward(xn, m.params)),
+        ("numpy_fwd", numpy_fwd), ("bridge_fb", bridge_fb), ("stack_fb", stack_fb),
+        ("numpy_fb", numpy_fb), ("null_fb", null_fb))}
+    us = {k: 1e6 * v for k, v in r.items()}
+    print(f"per-call cost, GRU T=1 B=1 H={H} (medians of {n} calls), microseconds:")
+    print(f"  forward, no_grad: rnncore.torch {us['bridge_fwd']:.1f}, _core.Stack "
+          f"{us['stack_fwd']:.1f}, numpy rnncore.GRU (eval) {us['numpy_fwd']:.1f}: bridge "
+          f"overhead {us['bridge_fwd'] - us['stack_fwd']:.1f} us (target < 20)")
+    print(f"  forward + backward: rnncore.torch {us['bridge_fb']:.1f}, _core.Stack "
+          f"{us['stack_fb']:.1f}, numpy rnncore.GRU {us['numpy_fb']:.1f}: overhead "
+          f"{us['bridge_fb'] - us['stack_fb']:.1f} us, of which torch's autograd (a Function of "
+          f"the same signature computing nothing) {us['null_fb']:.1f} and the bridge's own code "
+          f"{us['bridge_fb'] - us['stack_fb'] - us['null_fb']:.1f} (target < 20)")
+    return us
+
+
+def _bridge_grid(torch, rt, args):
+    """rnncore.torch, the numpy module and torch.nn on the comparison's configs (the cells torch.nn
+    has): the bridge should keep the engine's ratio to torch.nn."""
+    from ._registry import _MODULES, make_module
+    print("rnncore.torch vs torch.nn (same weights), float32; ratio = time / torch.nn's:")
+    for cell, T, B, H, *_rest in CONFIGS:
+        L, bidir = _rest[2:] or (1, False)
+        twin = torch_twin(cell)
+        if twin is None or (args.only and not any(cell.startswith(o) for o in args.only)):
+            continue
+        if args.quick and H >= 1024:
+            continue
+        cls, kwargs = twin
+        tm = cls(H, H, num_layers=L, bidirectional=bidir, **kwargs)
+        ours = getattr(rt, _MODULES[cell][0].__name__)(H, H, num_layers=L, bidirectional=bidir,
+                                                       **kwargs)
+        ours.load_state_dict(tm.state_dict())
+        m = make_module(cell, H, H, num_layers=L, bidirectional=bidir)
+        m.load_state_dict(tm.state_dict())
+        x = torch.randn(T, B, H)
+        dy = torch.randn(T, B, (2 if bidir else 1) * H)
+        xn, dyn = x.numpy(), dy.numpy()
+        xg = x.clone().requires_grad_()
+
+        def fwd(module):
+            def f():
+                with torch.no_grad():
+                    module(x)
+            return f
+
+        def fb(module):
+            def f():
+                y, _ = module(xg)
+                y.backward(dy)
+            return f
+
+        def numpy_fwd():
+            m.eval()
+            m(xn)
+
+        def numpy_fb():
+            m.train()
+            m(xn)
+            m.backward(dyn)
+
+        t0 = time.perf_counter()
+        fb(tm)()
+        reps = repeats_for(time.perf_counter() - t0, args.quick)
+        b_f, n_f, t_f = median_times([fwd(ours), numpy_fwd, fwd(tm)], reps)
+        b_fb, n_fb, t_fb = median_times([fb(ours), numpy_fb, fb(tm)], reps)
+        label = cell + ("" if L == 1 else f" x{L}") + (" bidir" if bidir else "")
+        print(f"  {label:18s} T={T:<4d} B={B:<4d} H={H:<5d} | fwd ms: bridge {1e3 * b_f:.3f} "
+              f"(ratio {b_f / t_f:.3f}), numpy module {1e3 * n_f:.3f} ({n_f / t_f:.3f}), "
+              f"torch.nn {1e3 * t_f:.3f} | fwd+bwd ms: bridge {1e3 * b_fb:.3f} "
+              f"({b_fb / t_fb:.3f}), numpy module {1e3 * n_fb:.3f} ({n_fb / t_fb:.3f}), "
+              f"torch.nn {1e3 * t_fb:.3f}", flush=True)
+
+
+def _bridge_model_step(torch, rt, args):
+    """One training step (embedding + GRU + linear, cross-entropy, clipping, Adam) with
+    rnncore.torch.GRU and with torch.nn.GRU, same initial weights, alternating blocks."""
+    c = BRIDGE_MODEL
+    nets = {}
+    for name, gru in (("rnncore.torch.GRU", rt.GRU), ("torch.nn.GRU", torch.nn.GRU)):
+        torch.manual_seed(0)  # the same weights: rnncore.torch initialises as torch.nn does
+        nets[name] = torch.nn.ModuleDict({"embed": torch.nn.Embedding(c["vocab"], c["embed"]),
+                                          "rnn": gru(c["embed"], c["hidden"]),
+                                          "head": torch.nn.Linear(c["hidden"], c["vocab"])})
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, c["vocab"], (c["seq_len"] + 1, c["batch"]), generator=g)
+    losses = {}
+
+    def step(name):
+        net = nets[name]
+        opt = torch.optim.Adam(net.parameters(), lr=c["lr"])
+        losses[name] = []
+
+        def f():
+            opt.zero_grad()
+            y, _ = net["rnn"](net["embed"](tokens[:-1]))
+            logits = net["head"](y)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, c["vocab"]),
+                                                     tokens[1:].reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), c["clip"])
+            opt.step()
+            losses[name].append(float(loss.detach()))
+        return f
+
+    names = list(nets)
+    fns = [step(n) for n in names]
+    t_ours, t_torch = median_times(fns, 12 if args.quick else 60)
+    print(f"training step: embedding {c['vocab']}x{c['embed']} + GRU {c['embed']}->{c['hidden']} "
+          f"+ linear, T={c['seq_len']} B={c['batch']}, cross-entropy, clipping, Adam: "
+          f"rnncore.torch.GRU {1e3 * t_ours:.2f} ms vs torch.nn.GRU {1e3 * t_torch:.2f} ms, "
+          f"ratio {t_ours / t_torch:.2f} ({'faster' if t_ours < t_torch else 'slower'}); "
+          f"first losses {losses[names[0]][0]:.6f} vs {losses[names[1]][0]:.6f}")
+    return t_ours, t_torch
+
+
+def run_torch_bridge(args):
+    """--torch-bridge: the per-call overhead, the comparison grid through the bridge, and a small
+    model's training step, at max(--threads) threads."""
+    import torch
+    import rnncore
+    import rnncore.torch as rt
+    threads = max(args.threads)
+    rnncore.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    print(f"rnncore.torch, {threads} threads")
+    _bridge_overhead(torch, rt, 20 if args.quick else 100)
+    _bridge_model_step(torch, rt, args)
+    _bridge_grid(torch, rt, args)
+
+
 def add_arguments(ap):
     ap.add_argument("--quick", action="store_true", help="few repeats, skip H=1024")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -546,6 +754,9 @@ def add_arguments(ap):
     ap.add_argument("--lm-chars", type=int, default=600_000, help="corpus characters (--lm)")
     ap.add_argument("--grad-norms", action="store_true",
                     help="only the cost of recording ||dL/dh_t|| in backward")
+    ap.add_argument("--torch-bridge", action="store_true",
+                    help="only rnncore.torch: its per-call overhead, the configs through it vs "
+                    "torch.nn, and a small embedding + GRU + linear model's training step")
 
 
 def run(args, error=None):
@@ -557,6 +768,9 @@ def run(args, error=None):
         return 0
     if args.grad_norms:
         run_grad_norm_cost(args)
+        return 0
+    if args.torch_bridge:
+        run_torch_bridge(args)
         return 0
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     rows = run_comparison(args)

@@ -1,0 +1,511 @@
+"""rnncore's engine behind torch.nn: LSTM, GRU, RNN and PeepholeLSTM as torch.nn.Modules.
+
+    import rnncore.torch as rt
+    rnn = rt.LSTM(32, 256, num_layers=2, batch_first=True)   # was torch.nn.LSTM(...)
+    y, (h_n, c_n) = rnn(x)                                    # x: tensor or PackedSequence
+    loss(y).backward()                                        # rnncore's BPTT
+
+Drop-in for torch.nn.LSTM / GRU / RNN: the same constructor arguments, parameter names, shapes,
+order and initialisation (with the same torch.manual_seed the weights are equal), the same
+state_dict, inputs ((T, B, I), batch_first, unbatched (T, I), PackedSequence, initial states) and
+return values. Beyond torch.nn: PeepholeLSTM (and LSTM(peephole=True)) and
+GRU(reset_after=False), the registry cells torch has no module for (docs/torch.md).
+
+How it runs: one torch.autograd.Function per call hands the tensors' memory to rnncore._core.Stack
+(torch.Tensor.numpy() of a contiguous CPU tensor is a view; the outputs come back through
+torch.from_numpy, also views), so contiguous CPU float32/float64 tensors are never copied. A
+Stack keeps one pending training workspace, while an autograd graph may hold several calls of
+one layer before its backward (two forwards, one loss.backward()); so each recording call takes
+a Stack of its own from the module's small pool and returns it when its backward has run (a
+graph dropped without backward frees its Stack with it). A second backward through the same
+graph (retain_graph=True) recomputes the forward first, with the same dropout seed.
+
+Not supported (a clear error): CUDA and other non-CPU tensors (no CUDA build of rnncore yet),
+float16/bfloat16 parameters, proj_size > 0, double backward (gradients of gradients).
+Only this module imports torch: `import rnncore` stays torch-free.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import warnings
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _core, _registry
+from . import modules as _numpy_modules
+
+__all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "InputError"]
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+# Free Stacks a module keeps for reuse (each with its workspace from its last training forward);
+# more are made when more forwards are pending at once, and dropped when they come back.
+_MAX_FREE_STACKS = 4
+
+
+class InputError(ValueError, RuntimeError):
+    """A wrong input or state shape. A ValueError as everywhere in rnncore, and a RuntimeError,
+    which torch.nn's recurrent modules raise for the same mistakes (drop-in code catching either
+    keeps working)."""
+
+
+class _Engine:
+    """A module's C++ side: a pool of Stacks (acquire() one per forward, release() it when done)
+    and numpy views of the parameters the last call used.
+
+    Not part of the model: pickling (torch.save of a module, copy.deepcopy) makes an empty one of
+    the same shape."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, bidirectional):
+        self._args = (cell, input_size, hidden_size, num_layers, bidirectional)
+        self._free = []  # (numpy dtype, Stack)
+        self._lock = threading.Lock()
+        # (weights, their data pointers, torch dtype, {name: numpy view}) of the last call:
+        # building the views costs more than checking that the tensors are still the same ones
+        # on the same memory (an in-place update keeps both; .to(), .data = ... change memory).
+        self.views = None
+
+    def acquire(self, dtype):
+        with self._lock:
+            for i in range(len(self._free) - 1, -1, -1):
+                if self._free[i][0] == dtype:
+                    return self._free.pop(i)[1]
+        return _core.Stack(*self._args, dtype)
+
+    def release(self, dtype, stack):
+        with self._lock:
+            if len(self._free) < _MAX_FREE_STACKS:
+                self._free.append((dtype, stack))
+
+    def clear(self):
+        with self._lock:
+            self._free.clear()
+        self.views = None
+
+    def __len__(self):
+        return len(self._free)
+
+    def __reduce__(self):
+        return (_Engine, self._args)
+
+
+class _Call:
+    """What one forward call hands to _StackFunction besides the tensors."""
+    __slots__ = ("engine", "names", "dtype", "params", "lengths", "dropout", "seed", "stack")
+
+    def __init__(self, engine, names, dtype, params, lengths, dropout, seed):
+        self.engine, self.names, self.dtype, self.params = engine, names, dtype, params
+        self.lengths, self.dropout, self.seed = lengths, dropout, seed
+        self.stack = None  # the Stack holding this call's workspace until its backward
+
+    def run(self, stack, x, h0, c0, training):
+        return stack.forward(_view(x), self.params, h0=_view(h0), c0=_view(c0),
+                             lengths=self.lengths, training=training, dropout=self.dropout,
+                             seed=self.seed)
+
+
+def _view(t):
+    """The numpy view of a contiguous CPU tensor (None stays None)."""
+    return None if t is None else t.detach().numpy()
+
+
+def _tensor(a):
+    return None if a is None else torch.from_numpy(a)
+
+
+class _StackFunction(torch.autograd.Function):
+    """(y, h_n, c_n) = Stack.forward(x, h0, c0, weights); backward = Stack.backward (BPTT).
+
+    x, h0, c0 and the weights arrive contiguous, on the CPU, in the module's dtype; h0/c0 may be
+    None (zeros), c_n is None for cells without a cell state."""
+
+    @staticmethod
+    def forward(ctx, call, x, h0, c0, *weights):
+        stack = call.engine.acquire(call.dtype)
+        try:
+            y, h_n, c_n = call.run(stack, x, h0, c0, training=True)
+        except BaseException:
+            call.engine.release(call.dtype, stack)
+            raise
+        call.stack = stack
+        ctx.call = call
+        # Saved so that autograd refuses a backward after any of them was changed in place
+        # (an optimiser step between forward and backward, say), and for a recompute.
+        ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.set_materialize_grads(False)
+        return torch.from_numpy(y), torch.from_numpy(h_n), _tensor(c_n)
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if torch.is_grad_enabled():
+            # backward(create_graph=True). The BPTT in C++ records no graph, so the gradients
+            # computed here could not be differentiated again; rather than let a gradient
+            # penalty through this layer silently count as zero, refuse.
+            raise RuntimeError(
+                "rnncore.torch layers do not support gradients of gradients: backward with "
+                "create_graph=True (or torch.autograd.grad(..., create_graph=True)) reached an "
+                "rnncore.torch layer; use torch.nn's layer where second derivatives are needed")
+        call = ctx.call
+        x, h0, c0, *weights = ctx.saved_tensors
+        stack, call.stack = call.stack, None
+        if stack is None:  # this graph's backward already ran once (retain_graph=True)
+            stack = call.engine.acquire(call.dtype)
+            try:
+                call.run(stack, x, h0, c0, training=True)
+            except BaseException:
+                call.engine.release(call.dtype, stack)
+                raise
+        grads = {name: np.zeros(tuple(w.shape), call.dtype) for name, w in zip(call.names, weights)}
+        try:
+            dx, dh0, dc0 = stack.backward(
+                None if dy is None else _view(dy.contiguous()), call.params, grads,
+                dh_n=None if dh_n is None else _view(dh_n.contiguous()),
+                dc_n=None if dc_n is None else _view(dc_n.contiguous()))
+        finally:
+            call.engine.release(call.dtype, stack)
+        needs = ctx.needs_input_grad
+        out = [None,
+               torch.from_numpy(dx) if needs[1] else None,
+               torch.from_numpy(dh0) if needs[2] else None,
+               _tensor(dc0) if needs[3] else None]
+        out.extend(torch.from_numpy(grads[name]) if need else None
+                   for name, need in zip(call.names, needs[4:]))
+        return tuple(out)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return value
+
+
+def _check_size(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return int(value)
+
+
+class _RNNBase(torch.nn.Module):
+    """What LSTM, GRU and RNN share: parameters as torch.nn registers them, input and state
+    checks, PackedSequence / batch_first / unbatched handling, and the call into the core."""
+
+    _has_cell_state = False
+    _numpy_class = None  # the rnncore numpy module whose `variants` name the registry cells
+    mode = None
+
+    def __init__(self, cell_options, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__()
+        self.cell = _registry.select(self._numpy_class, **cell_options)
+        info = _registry.info(self.cell)
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        self.bias = _check_bool("bias", bias)
+        self.batch_first = _check_bool("batch_first", batch_first)
+        self.bidirectional = _check_bool("bidirectional", bidirectional)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+                or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1) (the chance that an "
+                             f"element is zeroed), got {dropout!r}")
+        self.dropout = float(dropout)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        if dtype is not None and dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (rnncore computes in "
+                            f"those), got {dtype}")
+        self.proj_size = 0
+        self.num_directions = 2 if bidirectional else 1
+        factory = {"device": device, "dtype": dtype}
+        G, H = info.gates, self.hidden_size
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else H * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = [("weight_ih", (G * H, layer_input)), ("weight_hh", (G * H, H))]
+                if bias:
+                    shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                if info.peephole_rows:
+                    shapes.append(("weight_peephole", (info.peephole_rows, H)))
+                names = [stem + suffix for stem, _ in shapes]
+                for name, (_, shape) in zip(names, shapes):
+                    self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self._engine = _Engine(self.cell, self.input_size, H, self.num_layers, self.bidirectional)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """U(-1/sqrt(H), 1/sqrt(H)) for every parameter, in registration order: torch.nn's
+        initialisation, so the same torch.manual_seed gives the same weights."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -bound, bound)
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self):
+        """A no-op, as torch.nn's on the CPU (kept so that code calling it keeps working)."""
+
+    def train(self, mode=True):
+        super().train(mode)
+        if not mode:  # as rnncore's eval(): keep no training workspace
+            self._engine.clear()
+        return self
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s + self._extra_repr()
+
+    def _extra_repr(self):
+        return ""
+
+    # ---- checks -----------------------------------------------------------------------------
+    def _name(self):
+        return f"rnncore.torch.{type(self).__name__}"
+
+    def _check_tensor(self, what, t, dtype):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{self._name()}: {what} must be a torch.Tensor, got "
+                            f"{type(t).__name__}")
+        if t.device.type != "cpu":
+            raise NotImplementedError(
+                f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), but "
+                f"{what} is on {t.device}; move the module and its inputs to the CPU (.cpu()), "
+                f"or use a torch.nn layer on {t.device}")
+        if t.dtype != dtype:
+            raise ValueError(f"{self._name()}: {what} dtype ({t.dtype}) does not match weight "
+                             f"dtype ({dtype}); convert it with .to({dtype}), or the module "
+                             f"with .to({t.dtype})")
+
+    def _weights(self):
+        """(weights, torch dtype, {name: numpy view}) of the parameters, checked: one float32
+        or float64 dtype, on the CPU, contiguous (a non-contiguous one is copied for the call)."""
+        try:  # the registered parameters (torch.func.functional_call swaps them there too)
+            weights = [self._parameters[name] for name in self._flat_weights_names]
+        except KeyError:  # one was replaced by a plain attribute or a parametrization
+            weights = [getattr(self, name) for name in self._flat_weights_names]
+        views = self._engine.views
+        if views is not None and len(views[0]) == len(weights) and all(
+                w is v and w.data_ptr() == p for w, v, p in zip(weights, views[0], views[1])):
+            return weights, views[2], views[3]
+        dtype = weights[0].dtype
+        if dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"{self._name()} computes in float32 or float64; its parameters are "
+                            f"{dtype} (convert with .float() or .double())")
+        for name, w in zip(self._flat_weights_names, weights):
+            if w.device.type != "cpu":
+                raise NotImplementedError(
+                    f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), "
+                    f"but its parameter {name} is on {w.device}; move the module to the CPU "
+                    f"(.cpu()), or use a torch.nn layer there")
+            if w.dtype != dtype:
+                raise TypeError(f"{self._name()}: parameter {name} is {w.dtype}, the others "
+                                f"{dtype}; all parameters must have one dtype")
+        params = {name: w.detach().contiguous().numpy()
+                  for name, w in zip(self._flat_weights_names, weights)}
+        if all(w.is_contiguous() for w in weights):
+            self._engine.views = (weights, [w.data_ptr() for w in weights], dtype, params)
+        return weights, dtype, params
+
+    def _state_size(self, batch):
+        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+
+    def _check_state(self, what, t, dtype, expected, batched):
+        """An initial state, checked against `expected` (L*D, B, H), as (L*D, B, H) contiguous."""
+        self._check_tensor(what, t, dtype)
+        layout = f"(num_layers * num_directions, {'B, ' if batched else ''}hidden_size)"
+        if t.dim() != (3 if batched else 2):
+            raise InputError(
+                f"{self._name()}: for {'batched 3-D' if batched else 'unbatched 2-D'} input, "
+                f"{what} should also be {3 if batched else 2}-D {layout} but got {t.dim()}-D "
+                f"with shape {tuple(t.shape)}")
+        shape = expected if batched else (expected[0], expected[2])
+        if tuple(t.shape) != shape:
+            raise InputError(f"{self._name()}: expected {what} of shape {shape} {layout}, got "
+                             f"{tuple(t.shape)}")
+        return (t if batched else t.unsqueeze(1)).contiguous()
+
+    def _split_hx(self, hx):
+        """hx -> [h0] or [h0, c0] (entries may be None)."""
+        if hx is None:
+            return [None]
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{self._name()}: hx must be a tensor (num_layers * num_directions, "
+                            f"B, hidden_size), got a {type(hx).__name__}")
+        return [hx]
+
+    def _pack_hx(self, states):
+        return states[0]
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        """y, h_n = rnn(input, h0) (LSTM: y, (h_n, c_n) = lstm(input, (h0, c0))), as torch.nn.
+
+        input: (T, B, input_size), (B, T, input_size) with batch_first, unbatched (T, input_size)
+        or a PackedSequence (then y is one, with the same batch_sizes and indices). States:
+        (num_layers * num_directions, B, hidden_size), 2-D for unbatched input; zeros if None."""
+        weights, dtype, params = self._weights()
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        self._check_tensor("input", data, dtype)
+        if data.dim() not in ((2,) if packed else (2, 3)):
+            raise InputError(
+                f"{self._name()}: input must be " + (
+                    "a PackedSequence of 2-D data (sum of lengths, input_size)" if packed else
+                    f"3-D {'(B, T, input_size)' if self.batch_first else '(T, B, input_size)'} "
+                    "or 2-D unbatched (T, input_size)") +
+                f", got {data.dim()}-D with shape {tuple(data.shape)}")
+        if data.shape[-1] != self.input_size:
+            raise InputError(f"{self._name()}: input must have input_size={self.input_size} "
+                             f"features in its last dimension, got shape {tuple(data.shape)}")
+        lengths = None
+        batched = packed or data.dim() == 3
+        if packed:
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            x, lengths_t = pad_packed_sequence(PackedSequence(data, input.batch_sizes))
+            lengths = lengths_t.numpy()
+        elif not batched:
+            x = data.unsqueeze(1)
+        else:
+            x = data.transpose(0, 1) if self.batch_first else data
+        x = x.contiguous()
+        expected = self._state_size(x.shape[1])
+        states = self._split_hx(hx)
+        names = ("hx", "cx") if self._has_cell_state else ("hx",)
+        states = [None if s is None else self._check_state(n, s, dtype, expected, batched)
+                  for n, s in zip(names, states)]
+        if packed and sorted_indices is not None:
+            states = [None if s is None else s.index_select(1, sorted_indices) for s in states]
+        h0, c0 = (states + [None])[:2]
+
+        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
+        seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout > 0 else 0
+        call = _Call(self._engine, self._flat_weights_names, _NUMPY_DTYPES[dtype], params,
+                     lengths, dropout, seed)
+        record = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in weights)
+            or any(s is not None and s.requires_grad for s in states))
+        if record:
+            y, h_n, c_n = _StackFunction.apply(call, x, h0, c0, *weights)
+        else:  # no graph: inference (dropout, when active, still runs the training forward)
+            stack = self._engine.acquire(call.dtype)
+            try:
+                y, h_n, c_n = map(_tensor, call.run(stack, x, h0, c0, dropout > 0))
+            finally:
+                self._engine.release(call.dtype, stack)
+
+        out_states = [h_n, c_n][:len(names)]
+        if packed:
+            y = PackedSequence(pack_padded_sequence(y, lengths_t).data, input.batch_sizes,
+                               sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                out_states = [s.index_select(1, unsorted_indices) for s in out_states]
+        elif not batched:
+            y = y.squeeze(1)
+            out_states = [s.squeeze(1) for s in out_states]
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, self._pack_hx(out_states)
+
+
+class _LSTMStates:
+    _has_cell_state = True
+
+    def _split_hx(self, hx):
+        if hx is None:
+            return [None, None]
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{self._name()}: hx must be a tuple (h0, c0) of tensors, got "
+                            f"{type(hx).__name__}")
+        return list(hx)
+
+    def _pack_hx(self, states):
+        return tuple(states)
+
+
+class RNN(_RNNBase):
+    """torch.nn.RNN on rnncore: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh
+    or relu. Same arguments (nonlinearity is the 4th positional one, as in torch)."""
+    _numpy_class = _numpy_modules.RNN
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
+                             "'relu'.")
+        self.nonlinearity = nonlinearity
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__({"nonlinearity": nonlinearity}, input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, device, dtype)
+
+
+class LSTM(_LSTMStates, _RNNBase):
+    """torch.nn.LSTM on rnncore (gates [i, f, g, o]); peephole=True adds diagonal peepholes
+    weight_peephole_l{k} (3, H), rows [i, f, o] (see PeepholeLSTM). proj_size must be 0."""
+    _numpy_class = _numpy_modules.LSTM
+    mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 peephole=False):
+        if proj_size != 0:
+            raise ValueError(f"rnncore.torch.LSTM has no projections: proj_size must be 0, got "
+                             f"{proj_size!r} (torch.nn.LSTM has them)")
+        self.peephole = _check_bool("peephole", peephole)
+        super().__init__({"peephole": peephole}, input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, device, dtype)
+
+    def _extra_repr(self):
+        return ", peephole=True" if self.peephole and type(self) is LSTM else ""
+
+
+class PeepholeLSTM(LSTM):
+    """LSTM with diagonal peepholes (Gers & Schmidhuber; ONNX's P input): the input and forget
+    gates look at c_{t-1}, the output gate at the new c_t. LSTM(..., peephole=True)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype, peephole=True)
+
+
+class GRU(_RNNBase):
+    """torch.nn.GRU on rnncore (gates [r, z, n], h_t = (1 - z) n + z h_{t-1}).
+
+    reset_after=True (torch's): n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
+    reset_after=False (Cho et al. 2014; Keras' reset_after=False): n = tanh(W_in x + b_in +
+    W_hn (r * h) + b_hn), which torch.nn has no module for."""
+    _numpy_class = _numpy_modules.GRU
+    mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
+        self.reset_after = _check_bool("reset_after", reset_after)
+        super().__init__({"reset_after": reset_after}, input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, device, dtype)
+
+    def _extra_repr(self):
+        return "" if self.reset_after else ", reset_after=False"
