@@ -24,3 +24,12 @@ __all__ = [
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
 ]
+
+
+def __getattr__(name):
+    """rnncore.torch and rnncore.distributed import torch, so they load on first use only: a plain
+    `import rnncore` stays free of torch."""
+    if name in ("torch", "distributed", "onnx", "keras"):
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
