@@ -350,7 +350,10 @@ def plot(task, results, path):
     lengths = sorted({r.length for r in results})
     names = list(dict.fromkeys(r.cell for r in results))
     colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(names)}
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths) + 1.5, 4.2),
+    ncol = 2 if len(lengths) == 1 else 4
+    rows = -(-(len(names) + 2) // ncol)
+    height = 3.6 + 0.22 * rows
+    fig, axes = plt.subplots(1, len(lengths), figsize=(max(4.4 * len(lengths) + 0.6, 8), height),
                              squeeze=False)
     for ax, T in zip(axes[0], lengths):
         for r in results:
@@ -364,14 +367,14 @@ def plot(task, results, path):
         ax.set_title(f"T = {T}")
         ax.set_xlabel("time step t")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].set_ylabel("||dh_{T-1} / dh_t||_F")
+    axes[0][0].set_ylabel("||dh_{last} / dh_t||_F")
     handles = [plt.Line2D([], [], color=colours[c], label=f"{c}: {module_of(c)}")
                for c in names]
     handles += [plt.Line2D([], [], color="gray", ls="--", label="at initialisation"),
                 plt.Line2D([], [], color="gray", ls="-", label="after training")]
-    fig.legend(handles=handles, loc="center right", fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"{task.title}: gradient flow through the recurrence")
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * len(lengths) + 1.5), 1))
+    fig.tight_layout(rect=(0, (0.22 * rows + 0.15) / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -495,8 +498,9 @@ def _run(task, args, error):
                   f"in {r.seconds:.1f} s", flush=True)
     total = time.perf_counter() - t0
     text = table(task, results, s["steps"])
-    flow_note = ("flow: ||dh_{T-1}/dh_0||_F / ||dh_{T-1}/dh_{T-1}||_F, the part of a gradient at "
-                 "the last step that reaches the first through the recurrence "
+    last = "T + 19" if task.read_every_step else "T - 1"
+    flow_note = (f"flow: ||dh_{{{last}}}/dh_0||_F / ||dh_{{{last}}}/dh_{{{last}}}||_F, the part of "
+                 "a gradient at the last step that reaches the first through the recurrence "
                  f"(rnncore.diagnostics.jacobian_norms on {PROBE_SEQUENCES} test sequences)")
     print()
     print(text)
