@@ -327,7 +327,7 @@ def table(task, results, steps):
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         rows.append(
-            f"| {r.cell} | {r.length} | {r.lr:g} | {_fmt(r.test_error, '.4f')} | "
+            f"| {r.cell} | {r.length} | {r.lr:g} | {_fmt(r.test_error, '.3g')} | "
             f"{r.baseline:.4f} | {_fmt(r.ratio, '.3f')} | "
             + (f"{_fmt(r.test_accuracy, '.1%')} | " if copy else "")
             + f"{_status(r, steps)} | {_fmt(Result.flow(r.jacobian_init), '.1e')} | "
@@ -478,7 +478,7 @@ def _run(task, args, error):
     print(f"{task.title}: {len(s['cells'])} cells x {len(s['lengths'])} lengths, "
           f"{s['steps']} steps of batch {s['batch']}, hidden {s['hidden']}, Adam lr {s['lr']:g}"
           + (f" ({lrs})" if lrs else "") + f", clip {s['clip']:g}, seed {args.seed}, "
-          f"{rnncore.get_num_threads()} threads")
+          f"{_threads()}")
     print("  " + legend(s["cells"]))
     for T in s["lengths"]:
         print(f"  T = {T}: baseline {task.error_name} {task.baseline(T):.4f} "
@@ -493,12 +493,12 @@ def _run(task, args, error):
                            cell_lr(cell, s["lr"], s["irnn_lr_scale"]), s["clip"], args.seed)
             results.append(r)
             print(f"  {r.cell:16s} T = {T:4d}: "
-                  f"{task.error_name} {_fmt(r.test_error, '.4f')} "
+                  f"{task.error_name} {_fmt(r.test_error, '.3g')} "
                   f"({_fmt(r.ratio, '.3f')} of baseline, {_status(r, s['steps'])}) "
                   f"in {r.seconds:.1f} s", flush=True)
     total = time.perf_counter() - t0
     text = table(task, results, s["steps"])
-    last = "T + 19" if task.read_every_step else "T - 1"
+    last = "T+19" if task.read_every_step else "T-1"
     flow_note = (f"flow: ||dh_{{{last}}}/dh_0||_F / ||dh_{{{last}}}/dh_{{{last}}}||_F, the part of "
                  "a gradient at the last step that reaches the first through the recurrence "
                  f"(rnncore.diagnostics.jacobian_norms on {PROBE_SEQUENCES} test sequences)")
@@ -509,6 +509,12 @@ def _run(task, args, error):
     if args.out is not None:
         _write(task, args.out, s, args.seed, command, results, text, flow_note, total)
     return 0
+
+
+def _threads():
+    import rnncore
+    n = rnncore.get_num_threads()
+    return f"{n} thread" + ("s" if n != 1 else "")
 
 
 def _json_float(v):
@@ -525,7 +531,7 @@ def _write(task, out, s, seed, command, results, text, flow_note, total):
     md = os.path.join(out, f"{task.name}.md")
     with open(md, "w") as f:
         f.write(f"# {task.title}\n\n`{command}`\n\n{time.strftime('%Y-%m-%d')}, rnncore "
-                f"{rnncore.__version__}, {rnncore.get_num_threads()} threads, {total:.0f} s. "
+                f"{rnncore.__version__}, {_threads()}, {total:.0f} s. "
                 f"Solved: test error below {SOLVED_FRACTION:.0%} of the baseline. "
                 f"{legend(s['cells'])}.\n\n{text}\n\n"
                 f"{flow_note}.\n")
