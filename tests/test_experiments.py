@@ -205,3 +205,6 @@ def test_out_must_not_be_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["experiment", "adding", "--quick", "--out", str(f)])
     assert e.value.code == 2 and "--out must be a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "copy", "--quick", "--out", str(f / "below")])
+    assert e.value.code == 2 and "--out: cannot create the directory" in capsys.readouterr().err

@@ -448,8 +448,15 @@ def _settings(task, args, error):
             error(f"--{name.replace('_', '-')} must be a positive number, got {s[name]}")
     if args.threads < 0:
         error(f"--threads must be 0 (all cores) or positive, got {args.threads}")
-    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
-        error(f"--out must be a directory, got the file {args.out!r}")
+    if args.out is not None:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            error(f"--out must be a directory, got the file {args.out!r}")
+        try:  # now rather than after minutes of training
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            error(f"--out: cannot create the directory {args.out!r}: {e.strerror or e}")
+        if not os.access(args.out, os.W_OK):
+            error(f"--out: the directory {args.out!r} is not writable")
     return s
 
 
