@@ -249,10 +249,10 @@ def evaluate(task, net, head, x, target):
     return error, accuracy
 
 
-def train_cell(task, cell, length, steps, batch, hidden, lr, clip, seed, log=None):
+def train_cell(task, cell, length, steps, batch, hidden, lr, clip, seed):
     """Trains one cell on one length; returns a Result. Training batches come from a generator
-    seeded by `seed` alone, so every cell sees the same data. A non-finite loss stops the run
-    (test error nan: diverged)."""
+    seeded by `seed` alone, so every cell sees the same data. A non-finite loss or gradient norm
+    stops the run before the update (test error nan: diverged)."""
     from .optim import Adam, clip_grad_norm
 
     x_test, target_test = held_out_set(task, length)
@@ -288,8 +288,6 @@ def train_cell(task, cell, length, steps, batch, hidden, lr, clip, seed, log=Non
             count += 1
             if step % every == 0 or step == steps:
                 curve.append((step, running / count))
-                if log is not None:
-                    log(step, running / count)
                 running, count = 0.0, 0
     seconds = time.perf_counter() - t0
     if done < steps:
