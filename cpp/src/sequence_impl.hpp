@@ -607,42 +607,20 @@ class BackwardTimeLoop {
       if (!team.failed()) {
         for (Index n = 0; n < sc_.steps; ++n) {
           if (team.stop_at(n, thread)) break;
-          const Index s = sc_.steps - 1 - n;
-          if (!norm_parts_.empty()) add_grad_norms(s, slice, thread);
-          step(s, slice, w_hh, split.threads > 1);
+          step(sc_.steps - 1 - n, slice, thread, w_hh, split.threads > 1);
         }
       }
     }
     team.finish();
   }
 
-  // Adds sum over the slice's units of (dh + dy)^2 -- the whole gradient reaching h_t, before the
-  // step's backward consumes it -- of every active row into its time step's part for `thread`.
-  // The slice of dh was written by this thread (the previous step's product), so no barrier.
-  void add_grad_norms(Index s, const UnitSlice& slice, int thread) {
-    const Index B = sc_.batch, H = H_, seq_len = ws_.shape.seq_len;
-    double* part = norm_parts_.data() + thread * seq_len;
-    for (Index r = 0; r < sc_.batch_sizes[s]; ++r) {
-      const Index t = sc_.time_of(s, r);
-      const T* dh = dh_ + r * H;
-      const T* dy = dy_ ? dy_ + (t * B + sc_.order[r]) * H : no_dy_.data();
-      double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-      for (Index j = slice.begin; j < slice.end; ++j) {
-        const double g = double(dh[j]) + double(dy[j]);
-        sum += g * g;
-      }
-      part[t] += sum;
-    }
-  }
-
-  void step(Index s, const UnitSlice& slice, const PackedWeights<T> (&w_hh)[Cell::kPhases],
-            bool several_threads) {
+  void step(Index s, const UnitSlice& slice, int thread,
+            const PackedWeights<T> (&w_hh)[Cell::kPhases], bool several_threads) {
     const Index stash_width = Cell::kStashSlots * H_, batch = sc_.batch_sizes[s];
     T* stash = ws_.stash.data() + sc_.offsets[s] * stash_width;
     for_each_phase_reversed<Cell::kPhases>([&](auto phase_constant) {
       constexpr int phase = decltype(phase_constant)::value;
-      pointwise_backward<phase>(s, slice);
+      pointwise_backward<phase>(s, slice, thread);
       if (several_threads) {
 #pragma omp barrier
       }
@@ -654,7 +632,7 @@ class BackwardTimeLoop {
   }
 
   template <int Phase>
-  void pointwise_backward(Index s, const UnitSlice& slice) {
+  void pointwise_backward(Index s, const UnitSlice& slice, int thread) {
     const Index B = sc_.batch, H = H_, stash_width = Cell::kStashSlots * H;
     const Index first_row = sc_.offsets[s];
     const Index prev = s == 0 ? 0 : B + sc_.offsets[s - 1];  // history row of h_{t-1}
@@ -672,6 +650,22 @@ class BackwardTimeLoop {
         row.c = ws_.c.data() + (B + first_row + r) * H;
       }
       if (Cell::kPhases > 1) row.doperand = doperand_.data() + r * H;
+      if constexpr (Phase == Cell::kPhases - 1) {  // the step's first phase: dh, dy untouched
+        if (!norm_parts_.empty()) {
+          // Gradient-flow diagnostics, fused into the sweep that reads dh and dy anyway: the
+          // slice's part of ||dL/dh_t||^2 (the whole gradient reaching h_t) for this row. The
+          // slice of dh was written by this thread (the previous step's product).
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (Index j = slice.begin; j < slice.end; ++j) {
+            const double g = double(row.dh[j]) + double(row.dy[j]);
+            sum += g * g;
+            Cell::template backward<Phase, T>(row, j);
+          }
+          norm_parts_[std::size_t(thread * ws_.shape.seq_len + sc_.time_of(s, r))] += sum;
+          continue;
+        }
+      }
 #pragma omp simd
       for (Index j = slice.begin; j < slice.end; ++j) Cell::template backward<Phase, T>(row, j);
     }
