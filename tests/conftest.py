@@ -19,6 +19,17 @@ REF_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh"
              "w_peephole": "weight_peephole"}
 
 
+def _under_asan():
+    try:
+        with open("/proc/self/maps") as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
+UNDER_ASAN = _under_asan()  # running in CI's sanitizer pass (.ci/sanitize.sh)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

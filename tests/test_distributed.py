@@ -18,6 +18,7 @@ import pytest
 
 import rnncore
 from rnncore.losses import mse
+from conftest import UNDER_ASAN  # tests/ is on the path, under pytest and as a torchrun script
 
 torch = pytest.importorskip("torch", reason="PyTorch 2.13 is not installed: torch.distributed "
                                             "is the transport")
@@ -26,13 +27,6 @@ WORLD, LOCAL_B, STEPS = 2, 3, 4
 T, I, H = 6, 3, 5
 LAUNCH_TIMEOUT = 180  # seconds for torchrun, two interpreters importing torch, and the training
 
-
-def _under_asan():
-    try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False
 
 
 # ---- the two trainings, run by the workers (on their share) and the reference (on all) -----------
@@ -152,7 +146,7 @@ def free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_under_asan(), reason=(
+@pytest.mark.skipif(UNDER_ASAN, reason=(
     "not under the sanitizer run: torch's gloo with the ASan runtime preloaded aborted rank 0 once "
     "('terminate called without an active exception', CI 2026-11-29, not reproduced in 12 local "
     "runs); rnncore's calls in it are covered by the other tests there, and this test runs in "

@@ -18,19 +18,11 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import CELLS, make_cell, make_module
+from conftest import CELLS, UNDER_ASAN, make_cell, make_module
 
 
 
-def _under_asan():
-    try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False
 
-
-UNDER_ASAN = _under_asan()
 
 
 def run_python(code, timeout=120, **kwargs):

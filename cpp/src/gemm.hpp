@@ -39,25 +39,39 @@ void assign_or_add(Dst&& c, const Expr& e, bool accumulate) {
   else c.noalias() = e;
 }
 
-// C (m x n) (+)= A^T * B, A stored (k x m), B (k x n).
+// Rows [r0, r1) and columns [c0, c1) of C (+)= op(A) op(B), with op(X) = X^T when trans_x:
+// op(A) is m x k (A stored m x k, or k x m when transposed), op(B) k x n.
 template <class T>
-void gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c,
-             Index ldc, bool accumulate) {
-  if (m <= 0 || n <= 0) return;
-  auto C = view(c, m, n, ldc);
+void gemm_part(Index r0, Index r1, Index c0, Index c1, Index k, const T* a, Index lda,
+               bool trans_a, const T* b, Index ldb, bool trans_b, T* c, Index ldc,
+               bool accumulate) {
+  const Index m = r1 - r0, n = c1 - c0;
+  auto C = view(c + r0 * ldc + c0, m, n, ldc);
   if (k <= 0) {
     if (!accumulate) C.setZero();
     return;
   }
-  assign_or_add(C, view(a, k, m, lda).transpose() * view(b, k, n, ldb), accumulate);
+  const T* ap = trans_a ? a + r0 : a + r0 * lda;
+  const T* bp = trans_b ? b + c0 * ldb : b + c0;
+  if (!trans_a && !trans_b)
+    assign_or_add(C, view(ap, m, k, lda) * view(bp, k, n, ldb), accumulate);
+  else if (!trans_a && trans_b)
+    assign_or_add(C, view(ap, m, k, lda) * view(bp, n, k, ldb).transpose(), accumulate);
+  else if (trans_a && !trans_b)
+    assign_or_add(C, view(ap, k, m, lda).transpose() * view(bp, k, n, ldb), accumulate);
+  else
+    assign_or_add(C, view(ap, k, m, lda).transpose() * view(bp, n, k, ldb).transpose(),
+                  accumulate);
 }
 
-// The weight gradients dW = dG^T X (one-off products with a transposed operand, which Eigen
-// packs well): C's rows or columns, whichever are more, split across threads; each part is
-// computed by exactly one thread in a fixed order, so results do not depend on scheduling.
+// C (m x n) (+)= op(A) op(B), one-off products (the weight gradients dW = dG^T X, which Eigen
+// packs well with the transposed operand, and rnncore::matmul): C's rows or columns, whichever
+// are more, split across threads; each part is computed by exactly one thread in a fixed order,
+// so results do not depend on scheduling.
 template <class T>
-void parallel_gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
-                      T* c, Index ldc, bool accumulate, int max_threads) {
+void parallel_gemm(Index m, Index n, Index k, const T* a, Index lda, bool trans_a, const T* b,
+                   Index ldb, bool trans_b, T* c, Index ldc, bool accumulate, int max_threads) {
+  if (m <= 0 || n <= 0) return;
   const int threads = gemm_threads(m, n, k, max_threads);
   const bool split_rows = m >= n;
   parallel_parts(threads, [&](int p) {
@@ -66,9 +80,9 @@ void parallel_gemm_tn(Index m, Index n, Index k, const T* a, Index lda, const T*
     const Index hi = split_point(len, p + 1, threads, kThreadSplitAlign);
     if (hi <= lo) return;
     if (split_rows)
-      gemm_tn(hi - lo, n, k, a + lo, lda, b, ldb, c + lo * ldc, ldc, accumulate);
+      gemm_part(lo, hi, 0, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate);
     else
-      gemm_tn(m, hi - lo, k, a, lda, b + lo, ldb, c + lo, ldc, accumulate);
+      gemm_part(0, m, lo, hi, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate);
   });
 }
 

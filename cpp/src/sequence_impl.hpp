@@ -712,8 +712,8 @@ void add_input_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradi
   for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
     const Index cols = (end_gate - first_gate) * H;
     const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
-    parallel_gemm_tn(cols, I, N, dg, stash_width, ws.x.data(), I, grads.dw_ih + first_gate * H * I,
-                     I, true, max_threads);
+    parallel_gemm(cols, I, N, dg, stash_width, true, ws.x.data(), I, false,
+                  grads.dw_ih + first_gate * H * I, I, true, max_threads);
     add_column_sums(N, cols, dg, stash_width, grads.db_ih + first_gate * H, max_threads);
   });
 }
@@ -732,8 +732,9 @@ void add_recurrent_weight_gradients(const TrainingWorkspace<T>& ws, const LayerG
     // A stash-slot operand: GRU reset-before, whose n-gate multiplies r * h_{t-1}.
     const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
     const T* operand = operand_slot < 0 ? h_prev : ws.stash.data() + operand_slot * H;
-    parallel_gemm_tn(cols, H, N, dg, stash_width, operand, operand_slot < 0 ? H : stash_width,
-                     grads.dw_hh + first_gate * H * H, H, true, max_threads);
+    parallel_gemm(cols, H, N, dg, stash_width, true, operand,
+                  operand_slot < 0 ? H : stash_width, false, grads.dw_hh + first_gate * H * H, H,
+                  true, max_threads);
     add_column_sums(N, cols, dg, stash_width, grads.db_hh + first_gate * H, max_threads);
   });
 }

@@ -150,6 +150,16 @@ class no_grad:
         return False
 
 
+def check_keys(owner, names, keys):
+    """KeyError listing the missing and unexpected keys of a strict load_state_dict."""
+    missing = [k for k in names if k not in keys]
+    unexpected = [k for k in keys if k not in names]
+    if missing or unexpected:
+        parts = ([f"missing keys {missing}"] if missing else []) + \
+                ([f"unexpected keys {unexpected}"] if unexpected else [])
+        raise KeyError(f"load_state_dict({owner}): " + "; ".join(parts))
+
+
 class Module:
     """Parameters and gradients as dicts of live numpy arrays; train/eval modes; state dicts.
 
@@ -211,15 +221,8 @@ class Module:
             raise TypeError(f"load_state_dict({type(self).__name__}): state_dict must be a mapping "
                             f"(dict) of parameter name -> array, got {type(state_dict).__name__}")
         keys = list(state_dict.keys())
-        missing = [k for k in self.params if k not in state_dict]
-        unexpected = [k for k in keys if k not in self.params]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict({type(self).__name__}): " + "; ".join(parts))
+        if strict:
+            check_keys(type(self).__name__, self.params, keys)
         staged = []
         for k in keys:
             if k not in self.params:

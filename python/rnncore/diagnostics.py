@@ -19,6 +19,7 @@ import copy
 
 import numpy as np
 
+from ._interop import pyplot
 from .modules import _RNNBase
 
 
@@ -101,14 +102,8 @@ def jacobian_norms(module, x, h0=None):
 def plot_gradient_flow(curves, path, title="Gradient flow", ylabel="||dL/dh_t||"):
     """Semilog plot of {label: values over t} into path (PNG). Returns path, or None (with a
     one-line note on stderr) when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        import sys
-        print("note: matplotlib is not installed (pip install 'rnncore[plot]'); no plot written "
-              f"to {path}", file=sys.stderr)
+    plt = pyplot(path)
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, values in curves.items():

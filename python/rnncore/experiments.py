@@ -42,6 +42,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._interop import pyplot
+
 # The IRNN's learning rate is this times --lr (flag --irnn-lr-scale). Adam moves every weight by
 # about lr per step whatever the size of its gradient, and a ReLU RNN whose W_hh drifts above the
 # identity grows its state geometrically over the T steps: at lr 1e-2 (T = 100, hidden 64, batch
@@ -337,13 +339,8 @@ def plot(task, results, path):
     """One PNG: a semilog panel of ||dh_{T-1}/dh_t||_F per length, every cell in its colour,
     dashed at initialisation, solid after training. Returns path, or None (with a one-line note
     on stderr, as rnncore.diagnostics.plot_gradient_flow) without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed (pip install 'rnncore[plot]'); no plot written "
-              f"to {path}", file=sys.stderr)
+    plt = pyplot(path)
+    if plt is None:
         return None
     lengths = sorted({r.length for r in results})
     names = list(dict.fromkeys(r.cell for r in results))

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._interop import blocks as _blocks, inverse as _inverse
 from . import _registry
 from .modules import GRU, LSTM, RNN, _RNNBase
 
@@ -61,19 +62,6 @@ def _cell_form(cell):
 
 
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
-
-
-def _blocks(a, order, hidden_size):
-    """The gate blocks of a (G*H, ...) array in another order: block k of the result is block
-    order[k] of a."""
-    return np.concatenate([a[j * hidden_size:(j + 1) * hidden_size] for j in order], axis=0)
-
-
-def _inverse(order):
-    inv = [0] * len(order)
-    for k, j in enumerate(order):
-        inv[j] = k
-    return tuple(inv)
 
 
 def _spec(module):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ._base import no_grad
+from ._interop import pyplot
 from ._registry import make_module
 from .layers import Dropout, Embedding, Linear
 from .model import Model
@@ -243,12 +244,8 @@ def _metric(loss, level):
 
 
 def _plot(history, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed (pip install 'rnncore[plot]'), so no loss plot")
+    plt = pyplot(path, "loss plot")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, losses = zip(*history["train"]) if history["train"] else ((), ())

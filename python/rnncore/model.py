@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._base import Module, to_numpy
+from ._base import Module, check_keys, to_numpy
 
 
 def _check_child_name(name):
@@ -127,15 +127,8 @@ class Model(Module):
         ValueError naming the key and both shapes. Nothing is written unless every check passes
         (a child that still refuses its part has the children loaded before it rolled back)."""
         params = self.params
-        missing = [k for k in params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in params]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict({type(self).__name__}): " + "; ".join(parts))
+        if strict:
+            check_keys(type(self).__name__, params, list(state_dict))
         per_child = OrderedDict((name, OrderedDict()) for name in self._modules)
         for k, v in state_dict.items():
             if k not in params:

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._interop import blocks as _blocks, inverse as _inverse
 from . import _registry
 from .modules import GRU, LSTM, RNN, _RNNBase
 
@@ -60,19 +61,6 @@ def _require_onnx():
         raise ImportError("rnncore.onnx needs the onnx package: pip install 'rnncore[onnx]' "
                           "(or pip install onnx; onnxruntime to run the exported models)") from e
     return onnx
-
-
-def _blocks(a, order, hidden_size):
-    """The gate blocks of a (G*H, ...) array in another order: block k of the result is block
-    order[k] of a."""
-    return np.concatenate([a[j * hidden_size:(j + 1) * hidden_size] for j in order], axis=0)
-
-
-def _inverse(order):
-    inv = [0] * len(order)
-    for k, j in enumerate(order):
-        inv[j] = k
-    return tuple(inv)
 
 
 # ---- export ---------------------------------------------------------------------------------
