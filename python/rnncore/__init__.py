@@ -7,7 +7,7 @@ README.md and docs/.
 """
 from ._core import get_num_threads, set_num_threads
 from ._core import __version__  # compiled in from CMakeLists.txt's project(VERSION), as is the wheel's
-from ._base import no_grad
+from ._base import no_grad, parameters_changed
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNNCell
 
@@ -20,7 +20,7 @@ from .model import Model, Sequential
 __all__ = [
     "RNN", "LSTM", "PeepholeLSTM", "GRU",
     "RNNCell", "LSTMCell", "PeepholeLSTMCell", "GRUCell",
-    "set_num_threads", "get_num_threads", "PendingStepsWarning", "no_grad",
+    "set_num_threads", "get_num_threads", "PendingStepsWarning", "no_grad", "parameters_changed",
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
 ]

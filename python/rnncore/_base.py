@@ -150,6 +150,31 @@ class no_grad:
         return False
 
 
+# rnncore's parameter version: a process-wide counter that moves whenever parameters may have
+# changed through rnncore (optimiser steps, load_state_dict, a parameter array added or replaced,
+# parameters_changed()). What keeps a derived copy of parameters (the cells' packed weights)
+# compares it with the version it was built at. One counter for every module: it costs a repack
+# of the cells that step after an update, never a stale result.
+_parameter_version = [0]
+
+
+def parameters_changed():
+    """Tells rnncore that parameter arrays were written in place outside rnncore's optimisers
+    and load_state_dict (e.g. `cell.params["weight_hh"][3, 4] = 0`): cells repack their weights
+    before the next step. (Writes that change many values are also caught by the cells' probe of
+    sampled values; call this after any hand edit to be sure.)"""
+    _parameter_version[0] += 1
+
+
+class Parameters(OrderedDict):
+    """A module's `params`: an OrderedDict whose assignments (a parameter array added or
+    replaced) count as a parameter change (see parameters_changed)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        _parameter_version[0] += 1
+
+
 def check_keys(owner, names, keys):
     """KeyError listing the missing and unexpected keys of a strict load_state_dict."""
     missing = [k for k in names if k not in keys]
@@ -173,7 +198,7 @@ class Module:
 
     def __init__(self, dtype):
         self.dtype = float_dtype(dtype)
-        self.params = OrderedDict()
+        self.params = Parameters()
         self.grads = OrderedDict()
         self.training = True
         self._lock = threading.RLock()
@@ -185,6 +210,11 @@ class Module:
     def zero_grad(self):
         for g in self.grads.values():
             g.fill(0)
+
+    def parameters_changed(self):
+        """Call after writing this module's parameter arrays in place by hand (rnncore's
+        optimisers and load_state_dict do it themselves): see rnncore.parameters_changed."""
+        parameters_changed()
 
     def train(self, mode=True):
         with self._lock:
@@ -239,8 +269,11 @@ class Module:
                                  f"expected {self.params[k].shape}")
             staged.append((k, v))
         with self._lock:
-            for k, v in staged:
-                self.params[k][...] = v
+            try:
+                for k, v in staged:
+                    self.params[k][...] = v
+            finally:
+                parameters_changed()
         return self
 
     def __call__(self, *args, **kwargs):

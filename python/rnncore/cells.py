@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 
-from . import _core, _registry
+from . import _base, _core, _registry
 from ._base import Module, as_array, check_parameter_memory, check_shape, positive_int, uniform
 
 
@@ -54,37 +54,49 @@ class _CellBase(Module):
             self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_steps", "_owners", "_pending_bytes", "_warned", "_inference_stack")
+    _core_state = ("_steps", "_owners", "_pending_bytes", "_warned", "_engine", "_engine_version")
 
-    # Pending training steps past this many bytes of workspace warn once (PendingStepsWarning).
+    # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
 
     def _init_core(self):
-        self._steps = []  # (stack, B, unbatched, thread) of steps not yet back-propagated (LIFO)
+        self._steps = []  # (record, B, unbatched, thread) of steps not yet back-propagated (LIFO)
         self._owners = Counter()  # thread ident -> its steps in _steps
         self._pending_bytes = 0
         self._warned = False
-        self._inference_stack = self._new_stack()
+        # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
+        # parameter version has moved since (optimisers, load_state_dict, replaced arrays,
+        # parameters_changed()) and, in C++, when a probe of sampled values sees them change.
+        self._engine = _core.Step(self.cell, self.input_size, self.hidden_size, self.dtype)
+        self._engine_version = None
 
-    # The C++ stack driver reads parameters by the sequence modules' names (weight_ih_l0, ...):
-    # views of the same live arrays under those names.
-    def _core_params(self, table):
-        return {k + "_l0": v for k, v in table.items()}
-
-    def _new_stack(self):
-        return _core.Stack(self.cell, self.input_size, self.hidden_size, 1, False, self.dtype)
+    def _sync_engine(self):
+        version = _base._parameter_version[0]
+        if self._engine_version != version:
+            self._engine.set_weights(self.params)
+            self._engine_version = version
 
     def _identity_init(self):
         """W_hh = I and zero biases (IRNN), as rnncore.RNN(nonlinearity="relu")."""
         return False
 
+    def _array(self, name, value):
+        # The common case (a C-contiguous array of the cell's dtype) without as_array's checks.
+        if type(value) is np.ndarray and value.dtype == self.dtype and value.flags.c_contiguous:
+            return value
+        return as_array(name, value, self.dtype)
+
     def _state(self, name, value, batch, unbatched):
         if value is None:
             return None
+        shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+        if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
+                and value.flags.c_contiguous):
+            return value.reshape(1, -1) if unbatched else value  # the common case, no copies
         if isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
         a = as_array(name, value, self.dtype)
-        check_shape(name, a, (self.hidden_size,) if unbatched else (batch, self.hidden_size))
+        check_shape(name, a, shape)
         return a.reshape(batch, self.hidden_size)
 
     def _split(self, name, state, batch, unbatched):
@@ -92,10 +104,11 @@ class _CellBase(Module):
             return self._state(name[0], state, batch, unbatched), None
         if state is None:
             return None, None
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
-                            f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
-                            f"{type(state).__name__}")
+        if type(state) is not tuple or len(state) != 2:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
+                                f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
+                                f"{type(state).__name__}")
         return (self._state(name[0], state[0], batch, unbatched),
                 self._state(name[1], state[1], batch, unbatched))
 
@@ -108,47 +121,75 @@ class _CellBase(Module):
     def forward(self, x, state=None):
         """One step. x: (B, input_size) or (input_size,); state: h (B, H), or (h, c) for LSTM
         cells, zeros if None. Returns the new state in the same form."""
-        x = as_array("x", x, self.dtype)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+        # The common case, batched numpy arrays, goes straight to the engine, which checks their
+        # dtype, layout and shapes itself; anything else (and any error) takes the checked path,
+        # which converts what it can and words the errors.
+        if type(x) is np.ndarray and x.ndim == 2:
+            if state is None:
+                h = c = None
+            elif self._has_cell_state:
+                h, c = state if type(state) is tuple and len(state) == 2 else (0, 0)
+            else:
+                h, c = state, None
+            if (h is None or type(h) is np.ndarray) and (c is None or type(c) is np.ndarray):
+                with self._lock:
+                    if self._engine_version != _base._parameter_version[0]:
+                        self._sync_engine()
+                    training = self.training and _base.grad_enabled()
+                    try:
+                        h_new, c_new, record = self._engine.forward(x, h, c, training)
+                    except (TypeError, ValueError):
+                        pass
+                    else:
+                        if training:
+                            self._push_step(record, x.shape[0], False)
+                        return (h_new, c_new) if self._has_cell_state else h_new
+        return self._checked_forward(x, state)
+
+    __call__ = forward  # one call frame less per step than Module.__call__
+
+    def _checked_forward(self, x, state):
+        x = self._array("x", x)
+        if x.ndim == 2 and x.shape[1] == self.input_size:
+            unbatched = False
+        elif x.ndim == 1 and x.shape[0] == self.input_size:
+            unbatched = True
+            x = x.reshape(1, -1)
+        else:
             raise ValueError(f"x must have shape (B, {self.input_size}) or ({self.input_size},), "
                              f"got {x.shape}")
-        unbatched = x.ndim == 1
-        x2 = x.reshape(1, -1) if unbatched else x
-        B = x2.shape[0]
+        B = x.shape[0]
         h, c = self._split(("h", "c"), state, B, unbatched)
         with self._lock:
+            if self._engine_version != _base._parameter_version[0]:
+                self._sync_engine()
             training = self._recording()
-            # A training step keeps its own workspace until its backward; inference shares one.
-            stack = self._new_stack() if training else self._inference_stack
-            _, h_new, c_new = stack.forward(x2[None], self._core_params(self.params),
-                                            h0=None if h is None else h[None],
-                                            c0=None if c is None else c[None],
-                                            training=training)
+            h_new, c_new, record = self._engine.forward(x, h, c, training)
             if training:
-                self._push_step(stack, B, unbatched)
-        return self._pack(h_new[0], None if c_new is None else c_new[0], unbatched)
+                self._push_step(record, B, unbatched)
+        return self._pack(h_new, c_new, unbatched)
 
-    def _push_step(self, stack, B, unbatched):
+    def _push_step(self, record, B, unbatched):
         thread = threading.get_ident()
-        self._steps.append((stack, B, unbatched, thread))
+        self._steps.append((record, B, unbatched, thread))
         self._owners[thread] += 1
-        self._pending_bytes += stack.nbytes
+        self._pending_bytes += record.nbytes
         if self._pending_bytes > self.pending_warn_bytes and not self._warned:
             self._warned = True
             warnings.warn(
                 f"{type(self).__name__} holds {len(self._steps)} training-mode forward steps "
-                f"({self._pending_bytes / 2**20:.0f} MiB of workspace) that no backward has "
+                f"({self._pending_bytes / 2**20:.0f} MiB of records) that no backward has "
                 "consumed, and each further step adds to them; call backward() for them, "
                 "clear_pending() to drop them, or eval() for inference",
                 PendingStepsWarning, stacklevel=3)
 
     def _pop_step(self):
-        stack, B, unbatched, thread = self._steps.pop()
+        record, B, unbatched, thread = self._steps.pop()
         self._owners[thread] -= 1
         if not self._owners[thread]:
             del self._owners[thread]
-        self._pending_bytes -= stack.nbytes
-        return stack, B, unbatched
+        self._pending_bytes -= record.nbytes
+        return record, B, unbatched
 
     @property
     def pending_steps(self):
@@ -156,7 +197,7 @@ class _CellBase(Module):
         return len(self._steps)
 
     def clear_pending(self):
-        """Drops every pending training step (and its workspace) without back-propagating it."""
+        """Drops every pending training step (and its record) without back-propagating it."""
         with self._lock:
             self._drop_tape()
 
@@ -179,14 +220,11 @@ class _CellBase(Module):
                     "cannot train in several threads at once (give each thread its own cell, "
                     "e.g. copy.deepcopy(cell))")
             dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
-            stack = self._pop_step()[0]
-            dx, dh0, dc0 = stack.backward(None, self._core_params(self.params),
-                                          self._core_params(self.grads),
-                                          dh_n=None if dh is None else dh[None],
-                                          dc_n=None if dc is None else dc[None])
-        dx = dx[0]
-        return (dx[0] if unbatched else dx), self._pack(dh0[0], None if dc0 is None else dc0[0],
-                                                         unbatched)
+            if self._engine_version != _base._parameter_version[0]:
+                self._sync_engine()
+            record = self._pop_step()[0]
+            dx, dh0, dc0 = self._engine.backward(record, dh, dc, self.grads)
+        return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
 
     def _drop_tape(self):
         self._steps.clear()

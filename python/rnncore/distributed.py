@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._base import parameters_changed
 from .optim import _named_pairs
 
 __all__ = ["broadcast_parameters", "all_reduce_gradients"]
@@ -74,6 +75,7 @@ def _collective(arrays, op, bucket_bytes):
         for a in bucket:
             a[...] = flat[offset:offset + a.size].reshape(a.shape)
             offset += a.size
+    parameters_changed()  # the arrays may be parameters (a broadcast of the model)
 
 
 def _pairs(what, model):

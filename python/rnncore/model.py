@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._base import Module, check_keys, to_numpy
+from ._base import Module, check_keys, parameters_changed, to_numpy
 
 
 def _check_child_name(name):
@@ -149,6 +149,7 @@ class Model(Module):
         except BaseException:
             for k, v in backup.items():
                 params[k][...] = v
+            parameters_changed()
             raise
         return self
 

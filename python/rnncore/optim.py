@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._base import to_numpy
+from ._base import parameters_changed, to_numpy
 
 
 # ---- the parameters an optimiser walks --------------------------------------------------------
@@ -155,8 +155,11 @@ class Optimizer:
     def step(self):
         """One update of every parameter from its current gradient."""
         self.step_count += 1
-        for name, p, g in self._params:
-            self._update(p, g, self.state[name])
+        try:
+            for name, p, g in self._params:
+                self._update(p, g, self.state[name])
+        finally:
+            parameters_changed()
 
     def _tmp(self, p, k):
         """Scratch array k shaped like p (one buffer per dtype and k, reused by every parameter):

@@ -1,0 +1,355 @@
+// The single-step engine (internal; the API is rnncore/step.hpp). Included by the per-cell
+// instantiation units next to the sequence driver, whose parts it reuses: the packed kernel, the
+// unit slices and per-slice packing of W_hh, the cell's pointwise forward and backward, and the
+// gate blocks of the weight gradients.
+//
+// Forward of one step on P threads (P from the time loop's rule, time_loop_threads): thread p
+// owns the hidden units of slice p; it projects x onto its units' rows of W_ih (packed once per
+// weights), then per phase multiplies the operand by its packed rows of W_hh and runs the
+// pointwise sweep on its units (forward_step of the sequence driver, barrier included).
+// Backward: per phase (last first) the pointwise backward on the slice, a barrier, then the
+// slice's columns of dL/dh_prev (or of the phase operand) = dG W_hh with W_hh's columns packed
+// once; after the region dW_ih, dW_hh, the bias sums and dx = dG W_ih (W_ih^T packed once).
+// Packed forms are built on first use after set_weights and kept until the next set_weights.
+#pragma once
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "rnncore/step.hpp"
+#include "sequence_impl.hpp"
+
+namespace rnncore {
+namespace detail {
+
+template <class T>
+struct StepImplBase {
+  virtual ~StepImplBase() = default;
+  virtual void set_weights(const LayerWeights<T>& w) = 0;
+  virtual bool has_weights() const = 0;
+  virtual void forward(Index batch, const T* x, const T* h_prev, const T* c_prev, T* h, T* c,
+                       T* stash) = 0;
+  virtual void backward(Index batch, const T* x, const T* h_prev, const T* c_prev, const T* h,
+                        const T* c, T* stash, const T* dh, const T* dc, T* dx, T* dh_prev,
+                        T* dc_prev, const LayerGradients<T>& grads) = 0;
+  virtual std::size_t bytes() const = 0;
+};
+
+// Defined below; instantiated per cell in the cell's instantiation unit.
+template <class Cell, class T>
+std::unique_ptr<StepImplBase<T>> make_step_impl(Index input_size, Index hidden_size);
+
+// c (m x n, ldc) += a^T b for a (k x m, lda), b (k x n, ldb) with few rows k: the weight
+// gradients of a small-batch step, where a general GEMM's set-up costs more than the k rank-1
+// updates themselves.
+template <class T>
+void add_rank_updates(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
+                      T* c, Index ldc) {
+  for (Index i = 0; i < m; ++i) {
+    T* ci = c + i * ldc;
+    for (Index r = 0; r < k; ++r) {
+      const T ai = a[r * lda + i];
+      const T* br = b + r * ldb;
+#pragma omp simd
+      for (Index j = 0; j < n; ++j) ci[j] += ai * br[j];
+    }
+  }
+}
+
+// Batches up to this many rows take add_rank_updates for the weight gradients; larger ones a
+// GEMM (parallel_gemm). A round number: at 8 rows the rank updates still stream c once per row.
+inline constexpr Index kRankUpdateRows = 8;
+
+template <class Cell, class T>
+class StepImpl final : public StepImplBase<T> {
+  static constexpr int G = Cell::kGates, S = Cell::kStashSlots, Phases = Cell::kPhases;
+
+  struct PhasePacks {
+    PackedWeights<T> phase[Phases];
+  };
+  // The forward products of one thread count: per thread its units' rows of W_ih and W_hh.
+  struct ForwardPacks {
+    UnitSlices slices;
+    std::vector<PackedWeights<T>> w_ih;
+    std::vector<PhasePacks> w_hh;
+    std::vector<Buffer<T>> b_ih;  // per thread its units' b_ih, gate by gate
+    explicit ForwardPacks(Index H, int threads) : slices(H, threads) {}
+  };
+  // The backward products of one thread count: per thread its columns of W_hh (per phase).
+  struct BackwardPacks {
+    UnitSlices slices;
+    std::vector<PhasePacks> w_hh;
+    explicit BackwardPacks(Index H, int threads) : slices(H, threads) {}
+  };
+
+ public:
+  StepImpl(Index input_size, Index hidden_size) : I_(input_size), H_(hidden_size) {}
+
+  void set_weights(const LayerWeights<T>& w) override {
+    const Index GH = G * H_;
+    copy(w_ih_, w.w_ih, GH * I_);
+    copy(w_hh_, w.w_hh, GH * H_);
+    copy(b_ih_, w.b_ih, GH);
+    copy(b_hh_, w.b_hh, GH);
+    copy(peephole_, w.w_peephole, Cell::kHasPeephole ? 3 * H_ : 0);
+    forward_packs_.clear();
+    backward_packs_.clear();
+    input_t_.clear();
+    have_weights_ = true;
+  }
+  bool has_weights() const override { return have_weights_; }
+
+  void forward(Index B, const T* x, const T* h_prev, const T* c_prev, T* h, T* c,
+               T* stash) override {
+    require_weights();
+    if (B <= 0) return;
+    const int threads = time_loop_threads<Cell, T>(B, H_);
+    const ForwardPacks& packs = forward_packs(threads);
+    const Index widest = packs.slices.widest, stash_width = S * H_;
+    const bool training = stash != nullptr;
+    gx_.resize(threads * B * G * widest);
+    gh_.resize(threads * B * G * widest);
+    if (!training && Phases > 1) {  // multi-phase inference: the first phase's results
+      scratch_stash_.resize(B * stash_width);
+      scratch_operand_.resize(B * H_);
+    }
+    const auto run = [&](int t) {
+      const UnitSlice slice = packs.slices[t];
+      const Index gx_width = G * slice.width;
+      T* gx = gx_.data() + t * B * G * widest;
+      packed_gemm(B, x, I_, packs.w_ih[t], gx, gx_width, false);
+      add_bias_rows(B, gx_width, gx, gx_width, packs.b_ih[t].data());
+      StepRows<T> rows;
+      rows.gx = gx, rows.gx_ld = gx_width, rows.gx_gate_stride = slice.width;
+      rows.gx_first = slice.begin;
+      rows.h_prev = h_prev, rows.h = h;
+      if (Cell::kHasCellState) rows.c_prev = c_prev, rows.c = c;
+      if (training) {
+        rows.stash = stash, rows.stash_ld = stash_width;
+        rows.operand = Cell::kOperandSlot >= 0 ? stash + Cell::kOperandSlot * H_ : nullptr;
+        rows.operand_ld = stash_width;
+      } else {
+        rows.stash = scratch_stash_.data(), rows.stash_ld = stash_width;
+        rows.operand = scratch_operand_.data(), rows.operand_ld = H_;
+      }
+      const LayerWeights<T> w{nullptr, nullptr, b_ih_.data(), b_hh_.data(), peephole_.data()};
+      T* gh = gh_.data() + t * B * G * widest;
+      if (training)
+        forward_step<Cell, T, true>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_,
+                                    threads > 1);
+      else
+        forward_step<Cell, T, false>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_,
+                                     threads > 1);
+    };
+    if (threads == 1) {
+      run(0);
+      return;
+    }
+#pragma omp parallel num_threads(threads)
+    run(omp_get_thread_num());
+  }
+
+  void backward(Index B, const T* x, const T* h_prev, const T* c_prev, const T* h, const T* c,
+                T* stash, const T* dh, const T* dc, T* dx, T* dh_prev, T* dc_prev,
+                const LayerGradients<T>& grads) override {
+    require_weights();
+    if (B <= 0) return;
+    const int threads = time_loop_threads<Cell, T>(B, H_);
+    const BackwardPacks& packs = backward_packs(threads);
+    const Index stash_width = S * H_;
+    // The carried gradients: dh, dc in, then dL/dh_prev, dL/dc_prev out.
+    dh_.resize(B * H_);
+    if (dh) std::memcpy(dh_.data(), dh, sizeof(T) * B * H_);
+    else std::fill(dh_.begin(), dh_.end(), T(0));
+    if (Cell::kHasCellState) {
+      dc_.resize(B * H_);
+      if (dc) std::memcpy(dc_.data(), dc, sizeof(T) * B * H_);
+      else std::fill(dc_.begin(), dc_.end(), T(0));
+    }
+    if (Phases > 1) doperand_.resize(B * H_);
+    zeros_.resize(H_);
+    std::fill(zeros_.begin(), zeros_.end(), T(0));
+    const auto run = [&](int t) {
+      const UnitSlice slice = packs.slices[t];
+      for_each_phase_reversed<Phases>([&](auto phase_constant) {
+        constexpr int phase = decltype(phase_constant)::value;
+        BackwardRow<T> row;
+        row.peephole = peephole_.data(), row.dpeephole = grads.dw_peephole, row.H = H_;
+        for (Index r = 0; r < B; ++r) {
+          row.stash = stash + r * stash_width;
+          row.dy = zeros_.data();
+          row.dh = dh_.data() + r * H_;
+          row.h_prev = h_prev + r * H_;
+          row.h = h + r * H_;
+          if (Cell::kHasCellState) {
+            row.dc = dc_.data() + r * H_;
+            row.c_prev = c_prev + r * H_;
+            row.c = c + r * H_;
+          }
+          if (Phases > 1) row.doperand = doperand_.data() + r * H_;
+#pragma omp simd
+          for (Index j = slice.begin; j < slice.end; ++j)
+            Cell::template backward<phase, T>(row, j);
+        }
+        if (threads > 1) {
+#pragma omp barrier
+        }
+        T* target = phase == 0 ? dh_.data() : doperand_.data();
+        const bool accumulate = phase == 0 ? Cell::kDirectHiddenGrad : false;
+        packed_gemm(B, stash + Cell::kPhaseFirstGate[phase] * H_, stash_width,
+                    packs.w_hh[t].phase[phase], target + slice.begin, H_, accumulate);
+      });
+    };
+    if (threads == 1) {
+      run(0);
+    } else {
+#pragma omp parallel num_threads(threads)
+      run(omp_get_thread_num());
+    }
+    if (dh_prev) std::memcpy(dh_prev, dh_.data(), sizeof(T) * B * H_);
+    if (Cell::kHasCellState && dc_prev) std::memcpy(dc_prev, dc_.data(), sizeof(T) * B * H_);
+    weight_gradients(B, x, h_prev, stash, grads);
+    if (dx) input_gradient(B, stash, dx);
+  }
+
+  std::size_t bytes() const override {
+    std::size_t n = w_ih_.capacity() + w_hh_.capacity() + b_ih_.capacity() + b_hh_.capacity() +
+                    peephole_.capacity();
+    for (const auto& p : forward_packs_) {
+      if (!p) continue;
+      for (const auto& w : p->w_ih) n += w.data.capacity();
+      for (const auto& phases : p->w_hh)
+        for (const auto& w : phases.phase) n += w.data.capacity();
+    }
+    for (const auto& p : backward_packs_) {
+      if (!p) continue;
+      for (const auto& phases : p->w_hh)
+        for (const auto& w : phases.phase) n += w.data.capacity();
+    }
+    for (const auto& w : input_t_) n += w.data.capacity();
+    return sizeof(T) * n;
+  }
+
+ private:
+  static void copy(Buffer<T>& dst, const T* src, Index n) {
+    dst.resize(n);
+    if (src) std::memcpy(dst.data(), src, sizeof(T) * n);
+    else std::fill(dst.begin(), dst.end(), T(0));
+  }
+
+  void require_weights() const {
+    if (!have_weights_)
+      throw std::logic_error("StepEngine: set_weights() must be called before the first step");
+  }
+
+  const ForwardPacks& forward_packs(int threads) {
+    if (forward_packs_.size() <= std::size_t(threads)) forward_packs_.resize(threads + 1);
+    auto& slot = forward_packs_[std::size_t(threads)];
+    if (slot) return *slot;
+    auto packs = std::make_unique<ForwardPacks>(H_, threads);
+    packs->w_ih.resize(threads);
+    packs->w_hh.resize(threads);
+    packs->b_ih.resize(threads);
+    for (int t = 0; t < threads; ++t) {
+      const UnitSlice slice = packs->slices[t];
+      const Index width = slice.width;
+      const auto unit_row = [&](Index col) {
+        return w_ih_.data() + ((col / width) * H_ + slice.begin + col % width) * I_;
+      };
+      packs->w_ih[t].pack(G * width, I_, unit_row, 1);
+      pack_recurrent_slice<Cell>(w_hh_.data(), H_, slice, RecurrentProduct::kForward,
+                                 packs->w_hh[t].phase);
+      packs->b_ih[t].resize(G * width);
+      for (Index g = 0; g < G; ++g)
+        std::memcpy(packs->b_ih[t].data() + g * width, b_ih_.data() + g * H_ + slice.begin,
+                    sizeof(T) * width);
+    }
+    slot = std::move(packs);
+    return *slot;
+  }
+
+  const BackwardPacks& backward_packs(int threads) {
+    if (backward_packs_.size() <= std::size_t(threads)) backward_packs_.resize(threads + 1);
+    auto& slot = backward_packs_[std::size_t(threads)];
+    if (slot) return *slot;
+    auto packs = std::make_unique<BackwardPacks>(H_, threads);
+    packs->w_hh.resize(threads);
+    for (int t = 0; t < threads; ++t) {
+      pack_recurrent_slice<Cell>(w_hh_.data(), H_, packs->slices[t], RecurrentProduct::kBackward,
+                                 packs->w_hh[t].phase);
+    }
+    slot = std::move(packs);
+    return *slot;
+  }
+
+  // dW_ih += dG_x^T x, dW_hh += dG_h^T operand and the bias sums (as the sequence driver's
+  // add_input_weight_gradients / add_recurrent_weight_gradients over one step's rows).
+  void weight_gradients(Index B, const T* x, const T* h_prev, const T* stash,
+                        const LayerGradients<T>& grads) {
+    const Index stash_width = S * H_;
+    const int max_threads = get_num_threads();
+    const auto add = [&](Index cols, Index k_cols, const T* dg, const T* operand, Index ld_op,
+                         T* dw, T* db) {
+      if (B <= kRankUpdateRows)
+        add_rank_updates(cols, k_cols, B, dg, stash_width, operand, ld_op, dw, k_cols);
+      else
+        parallel_gemm(cols, k_cols, B, dg, stash_width, true, operand, ld_op, false, dw, k_cols,
+                      true, max_threads);
+      if (db) add_column_sums(B, cols, dg, stash_width, db, max_threads);
+    };
+    for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
+      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H_;
+      add((end_gate - first_gate) * H_, I_, dg, x, I_, grads.dw_ih + first_gate * H_ * I_,
+          grads.db_ih ? grads.db_ih + first_gate * H_ : nullptr);
+    });
+    for_each_gate_block<Cell>(WeightSide::kRecurrent, [&](int first_gate, int end_gate) {
+      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kRecurrent) * H_;
+      const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
+      const T* operand = operand_slot < 0 ? h_prev : stash + operand_slot * H_;
+      add((end_gate - first_gate) * H_, H_, dg, operand, operand_slot < 0 ? H_ : stash_width,
+          grads.dw_hh + first_gate * H_ * H_,
+          grads.db_hh ? grads.db_hh + first_gate * H_ : nullptr);
+    });
+  }
+
+  // dx = dG_x W_ih, gate block by gate block, with W_ih^T packed once per weights.
+  void input_gradient(Index B, const T* stash, T* dx) {
+    const Index stash_width = S * H_;
+    if (input_t_.empty()) {
+      for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
+        const T* block = w_ih_.data() + first_gate * H_ * I_;
+        input_t_.emplace_back();
+        input_t_.back().pack(I_, (end_gate - first_gate) * H_, [&](Index col) { return block + col; },
+                             I_);
+      });
+    }
+    std::size_t b = 0;
+    for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int) {
+      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H_;
+      parallel_packed_gemm(B, dg, stash_width, input_t_[b++], dx, I_, first_gate > 0,
+                           get_num_threads());
+    });
+  }
+
+  Index I_, H_;
+  bool have_weights_ = false;
+  Buffer<T> w_ih_, w_hh_, b_ih_, b_hh_, peephole_;
+  std::vector<std::unique_ptr<ForwardPacks>> forward_packs_;    // by thread count
+  std::vector<std::unique_ptr<BackwardPacks>> backward_packs_;  // by thread count
+  std::vector<PackedWeights<T>> input_t_;                       // W_ih^T per input gate block
+  // Per-call scratch, kept for the next step.
+  Buffer<T> gx_, gh_, scratch_stash_, scratch_operand_, dh_, dc_, doperand_, zeros_;
+};
+
+template <class Cell, class T>
+std::unique_ptr<StepImplBase<T>> make_step_impl(Index input_size, Index hidden_size) {
+  return std::make_unique<StepImpl<Cell, T>>(input_size, hidden_size);
+}
+
+}  // namespace detail
+}  // namespace rnncore
+
+#define RNNCORE_INSTANTIATE_STEP(CELL, T)                                        \
+  template std::unique_ptr<detail::StepImplBase<T>> detail::make_step_impl<CELL, T>( \
+      Index, Index);
