@@ -735,6 +735,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("accumulate") = false,
         "out (=|+=) op(a) op(b) on rnncore's threads; 2-D C-contiguous float32 or float64 arrays "
         "of one dtype (op = transpose when trans_*). Returns out (allocated when None).");
+  m.def("fma_peak", [](int threads, double seconds) {
+          py::gil_scoped_release nogil;
+          return rnncore::fma_peak_gflops(threads, seconds);
+        }, py::arg("threads") = 0, py::arg("seconds") = 0.2,
+        "Measured FMA throughput of the machine now, GFLOP/s, on `threads` threads (0: rnncore's "
+        "count); the benchmarks' yardstick.");
   m.def("set_num_threads", &rnncore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &rnncore::get_num_threads);
   // The registry (cells.hpp), which the Python layer reads instead of keeping a list of its own.

@@ -38,9 +38,13 @@ from ._torch_twin import torch_twin  # the tests' rule: one place for both
 # (registry cell, T, B, H) and the target ratios (fwd+bwd, fwd) at 2 threads from the performance issue;
 # then stacks (cell, T, B, H, targets, num_layers, bidirectional), which the stack driver runs.
 CONFIGS = [
-    ("lstm", 50, 128, 1024, 1.0, 1.0),
-    ("lstm", 100, 64, 256, 0.7, 0.7),
-    ("gru", 100, 64, 256, 0.7, 0.7),
+    ("lstm", 50, 128, 1024, 0.8, 0.8),
+    ("gru", 50, 128, 1024, 0.8, 0.8),
+    ("lstm", 100, 64, 256, 0.8, 0.8),
+    ("gru", 100, 64, 256, 0.8, 0.8),
+    ("lstm", 25, 32, 512, 0.8, 0.8),    # DeepBench
+    ("gru", 25, 32, 512, 0.8, 0.8),
+    ("gru", 300, 20, 800, None, None),  # DeepSpeech2's recurrent layers (H = 800)
     ("lstm", 100, 16, 128, 0.3, 0.3),
     ("gru", 100, 16, 128, 0.3, 0.3),
     ("rnn_tanh", 100, 16, 128, 0.3, 0.3),
@@ -52,6 +56,17 @@ CONFIGS = [
     ("gru", 100, 64, 256, None, None, 2, True),
 ]
 ONNX_TARGET = 0.8
+# Share of the FMA peak (measured in the same run) targeted at these (cell, T, B, H), 2 threads.
+PEAK_TARGET = 0.8
+PEAK_CONFIGS = {(c, T, B, H) for c in ("lstm", "gru")
+                for T, B, H in ((50, 128, 1024), (100, 64, 256), (25, 32, 512))}
+
+
+def fma_peaks(threads_list):
+    """{threads: GFLOP/s} of the machine now (rnncore._core.fma_peak): the yardstick each
+    result's share of peak is stated against."""
+    from . import _core
+    return {t: _core.fma_peak(t, 0.3) for t in threads_list}
 
 
 def median_times(fns, repeats, warmup=2, rounds=5):
@@ -186,6 +201,10 @@ def run_comparison(args):
     import rnncore
     from rnncore._registry import make_module
     rows = []
+    peaks = fma_peaks(args.threads)
+    print("FMA peak now: " + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.0f} GFLOP/s"
+                                      for t, g in peaks.items()), flush=True)
+    args.peaks = peaks
     for cell, T, B, H, target_fb, target_f, *stack in CONFIGS:
         L, bidir = stack or (1, False)
         D = 2 if bidir else 1
@@ -234,7 +253,9 @@ def run_comparison(args):
             rf_b, tf_b = median_times([r_fb, t_fb], reps)
             row = {"cell": cell + ("" if L == 1 else f" x{L}") + (" bidir" if bidir else ""),
                    "T": T, "B": B, "H": H, "threads": threads, "other": other,
-                   "fb": (rf_b, tf_b, target_fb), "gflops_fb": 3 * flops / rf_b / 1e9}
+                   "fb": (rf_b, tf_b, target_fb), "gflops_fb": 3 * flops / rf_b / 1e9,
+                   "peak": peaks[threads],
+                   "peak_target": PEAK_TARGET if (cell, T, B, H) in PEAK_CONFIGS and L == 1 else None}
             if other == "torch":  # the torch loop of the peephole LSTM is timed for training only
                 rf, tf = median_times([r_fwd, t_fwd], reps)
                 row["f"] = (rf, tf, target_f)
@@ -268,6 +289,9 @@ def format_row(r):
     if "onnx" in r:
         a, b, _ = r["onnx"]
         s += f" | onnxruntime {b * 1e3:8.3f} ms ratio {a / b:5.2f}"
+    s += f" | peak share fwd+bwd {r['gflops_fb'] / r['peak']:.0%}"
+    if "gflops_f" in r:
+        s += f", fwd {r['gflops_f'] / r['peak']:.0%}"
     return s
 
 
@@ -306,9 +330,14 @@ def write_markdown(rows, path, args):
         "medians of alternating runs; ratio = rnncore / other (lower is better for rnncore). "
         "Targets apply at 2 threads.",
         "",
+        "FMA peak measured at the start of the run (rnncore._core.fma_peak): " + ", ".join(
+            f"{t} thread{'s' * (t > 1)} {g:.0f} GFLOP/s" for t, g in getattr(args, "peaks", {}).items())
+        + f"; share = GEMM GFLOP/s / that peak (target {PEAK_TARGET:.0%} where marked).",
+        "",
         "| cell | T | B | H | threads | fwd+bwd ms (rnncore / other) | ratio | target | "
-        "fwd ms (rnncore / other) | ratio | target | GFLOP/s fwd, fwd+bwd | onnxruntime fwd ms | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "fwd ms (rnncore / other) | ratio | target | GFLOP/s fwd, fwd+bwd | share of peak fwd, fwd+bwd | "
+        "onnxruntime fwd ms | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, b, t = r["fb"]
@@ -326,7 +355,12 @@ def write_markdown(rows, path, args):
             o = f"{b3 * 1e3:.3f} | {a3 / b3:.2f}" + (f" ({verdict(a3 / b3, t3, r['threads'])} <= {t3})" if r["threads"] == 2 else "")
         else:
             o = "— | " + r.get("onnx_error", "—").replace("|", "/")
-        lines.append(f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {r['threads']} | {fb} | {f} | {gf} | {o} |")
+        share = (f"{r['gflops_f'] / r['peak']:.0%}, " if "gflops_f" in r else "—, ") + \
+            f"{r['gflops_fb'] / r['peak']:.0%}"
+        if r.get("peak_target") and r["threads"] == 2:
+            ok = min(r.get("gflops_f", 1e30), r["gflops_fb"]) / r["peak"] >= r["peak_target"]
+            share += f" (>= {r['peak_target']:.0%} {'met' if ok else 'missed'})"
+        lines.append(f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {r['threads']} | {fb} | {f} | {gf} | {share} | {o} |")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
@@ -740,6 +774,120 @@ def run_torch_bridge(args):
     _bridge_grid(torch, rt, args)
 
 
+# Single cell steps (cell, B, H with I = H) and, at 2 threads, the targets: forward and
+# forward+backward microseconds, and forward / (its GEMM alone).
+STEP_CONFIGS = [
+    ("lstm", 1, 32, {"fwd_us": 3.0, "fb_us": 8.0}),
+    ("lstm", 64, 256, {"gemm_ratio": 1.3}),
+    ("gru", 1, 32, {}),
+    ("gru", 64, 256, {}),
+]
+
+
+def run_steps(args):
+    """One cell step from Python: rnncore's LSTMCell/GRUCell vs torch.nn's, inference (eval /
+    no_grad) and training (forward + backward of one step), and the step's GEMM alone,
+    [x h] (B, I+H) times the stacked weights (I+H, G*H), in rnncore (rnncore._core.matmul) and
+    torch (torch.mm): the floor a step cannot go below."""
+    import torch
+    import rnncore
+    from . import _core
+    from ._registry import make_cell
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rnncore.set_num_threads(threads)
+        for cell, B, H, targets in STEP_CONFIGS:
+            if args.only and not any(cell.startswith(o) for o in args.only):
+                continue
+            rng = np.random.default_rng(0)
+            lstm = cell == "lstm"
+            ev = make_cell(cell, H, H, seed=0).eval()
+            tr = make_cell(cell, H, H, seed=0)
+            tm = (torch.nn.LSTMCell if lstm else torch.nn.GRUCell)(H, H)
+            with torch.no_grad():
+                for k, v in ev.params.items():
+                    getattr(tm, k).copy_(torch.from_numpy(v))
+            x = rng.standard_normal((B, H)).astype(np.float32)
+            h = rng.standard_normal((B, H)).astype(np.float32)
+            c = rng.standard_normal((B, H)).astype(np.float32)
+            dh = rng.standard_normal((B, H)).astype(np.float32)
+            state, dstate = ((h, c), (dh, dh)) if lstm else (h, dh)
+            xt = torch.from_numpy(x)
+            xg = torch.from_numpy(x.copy()).requires_grad_(True)
+            st = (torch.from_numpy(h), torch.from_numpy(c)) if lstm else torch.from_numpy(h)
+            dst = [torch.from_numpy(dh)] * (2 if lstm else 1)
+
+            # agreement first: the new state and dx
+            out = tr(x, state)
+            dx, _ = tr.backward(dstate)
+            tout = tm(xg, st)
+            touts = list(tout) if lstm else [tout]
+            torch.autograd.backward(touts, dst)
+            ours = list(out) if lstm else [out]
+            for a, b, what in list(zip(ours, touts, ("h", "c"))) + [(dx, xg.grad, "dx")]:
+                b = b.detach().numpy()
+                if not np.allclose(a, b, rtol=RTOL, atol=ATOL * max(1.0, np.abs(b).max())):
+                    raise SystemExit(f"{cell} step B={B} H={H}: {what} differs from torch by "
+                                     f"{np.abs(a - b).max():.3g}; not timing it")
+            tr.zero_grad()
+
+            def r_fwd():
+                ev(x, state)
+
+            def r_fb():
+                tr(x, state)
+                tr.backward(dstate)
+
+            def t_fwd():
+                with torch.no_grad():
+                    tm(xt, st)
+
+            def t_fb():
+                o = tm(xg, st)
+                torch.autograd.backward(list(o) if lstm else [o], dst)
+
+            G = 4 if lstm else 3
+            xh = rng.standard_normal((B, 2 * H)).astype(np.float32)
+            w = rng.standard_normal((2 * H, G * H)).astype(np.float32)
+            gout = np.empty((B, G * H), np.float32)
+            xht, wt, goutt = torch.from_numpy(xh), torch.from_numpy(w), torch.from_numpy(gout)
+
+            def r_gemm():
+                _core.matmul(xh, w, gout)
+
+            def t_gemm():
+                torch.mm(xht, wt, out=goutt)
+
+            t0 = time.perf_counter()
+            for _ in range(10):
+                r_fb()
+            per = (time.perf_counter() - t0) / 10
+            reps = int(max(50, min(20000, (0.5 if args.quick else 2.0) / max(per, 1e-7))))
+            rf, tf, rfb, tfb, rg, tg = median_times([r_fwd, t_fwd, r_fb, t_fb, r_gemm, t_gemm],
+                                                    reps)
+            gemm = min(rg, tg)
+            row = dict(cell=cell, B=B, H=H, threads=threads, fwd=(rf, tf), fb=(rfb, tfb),
+                       gemm=(rg, tg), targets=targets if threads == 2 else {})
+            rows.append(row)
+            verdicts = []
+            if row["targets"].get("fwd_us"):
+                verdicts.append(f"fwd <= {targets['fwd_us']} us "
+                                f"{'met' if rf * 1e6 <= targets['fwd_us'] else 'missed'}")
+            if row["targets"].get("fb_us"):
+                verdicts.append(f"fwd+bwd <= {targets['fb_us']} us "
+                                f"{'met' if rfb * 1e6 <= targets['fb_us'] else 'missed'}")
+            if row["targets"].get("gemm_ratio"):
+                verdicts.append(f"fwd / GEMM <= {targets['gemm_ratio']} "
+                                f"{'met' if rf / gemm <= targets['gemm_ratio'] else 'missed'}")
+            print(f"{cell}Cell step B={B:<3d} H={H:<4d} threads={threads} | fwd {rf * 1e6:8.2f} us vs "
+                  f"torch {tf * 1e6:8.2f} ({rf / tf:4.2f}) | fwd+bwd {rfb * 1e6:8.2f} us vs "
+                  f"{tfb * 1e6:8.2f} ({rfb / tfb:4.2f}) | GEMM alone rnncore {rg * 1e6:8.2f} us, "
+                  f"torch {tg * 1e6:8.2f} us; fwd / best GEMM {rf / gemm:4.2f}"
+                  + (" | " + "; ".join(verdicts) if verdicts else ""), flush=True)
+    return rows
+
+
 def add_arguments(ap):
     ap.add_argument("--quick", action="store_true", help="few repeats, skip H=1024")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -754,6 +902,8 @@ def add_arguments(ap):
     ap.add_argument("--lm-chars", type=int, default=600_000, help="corpus characters (--lm)")
     ap.add_argument("--grad-norms", action="store_true",
                     help="only the cost of recording ||dL/dh_t|| in backward")
+    ap.add_argument("--steps", action="store_true",
+                    help="only single cell steps (LSTMCell/GRUCell) vs torch and their GEMM alone")
     ap.add_argument("--torch-bridge", action="store_true",
                     help="only rnncore.torch: its per-call overhead, the configs through it vs "
                     "torch.nn, and a small embedding + GRU + linear model's training step")
@@ -771,6 +921,9 @@ def run(args, error=None):
         return 0
     if args.torch_bridge:
         run_torch_bridge(args)
+        return 0
+    if args.steps:
+        run_steps(args)
         return 0
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     rows = run_comparison(args)

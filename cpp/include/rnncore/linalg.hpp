@@ -16,4 +16,10 @@ template <class T>
 void matmul(Index m, Index n, Index k, const T* a, Index lda, bool trans_a, const T* b, Index ldb,
             bool trans_b, T* c, Index ldc, bool accumulate);
 
+// The machine's fused multiply-add throughput in GFLOP/s (2 flops per FMA lane) on `threads`
+// threads (0: get_num_threads()), measured now: independent FMA chains in vector registers, at
+// the widest vector width the library was built for, for about `seconds`. The benchmarks state
+// each result as a share of it, measured in the same run (the machine's speed drifts).
+double fma_peak_gflops(int threads = 0, double seconds = 0.2);
+
 }  // namespace rnncore
