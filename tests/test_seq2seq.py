@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 
 import rnncore
+from conftest import CELLS
 from rnncore.seq2seq import Seq2Seq, beam_search, greedy_search, length_penalty, log_softmax
 
 f64 = np.float64
 
 
-def tiny(cell="lstm", score="general", seed=1):
+def tiny(cell=None, score="general", seed=1):
     return Seq2Seq(7, 6, embed=3, hidden=4, cell=cell, score=score, dtype=f64, seed=seed)
 
 
 # ---- gradients ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell,score", [("lstm", "general"), ("gru", "additive"),
-                                        ("lstm", "additive")])
+@pytest.mark.parametrize("cell,score", [(c, s) for c in CELLS for s in ("general", "additive")])
 def test_whole_loss_gradient_float64(cell, score, rng):
     model = tiny(cell, score)
     src = rng.integers(0, 7, (5, 3))
@@ -187,7 +187,7 @@ def test_search_errors():
 
 
 # ---- decoding with the model --------------------------------------------------------------------
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_model_beam_width_1_equals_greedy(cell, rng):
     model = Seq2Seq(9, 8, embed=6, hidden=10, cell=cell, seed=4)
     src = rng.integers(3, 9, (7, 5))
@@ -211,7 +211,8 @@ def test_model_beam_width_1_equals_greedy(cell, rng):
 def test_model_errors():
     with pytest.raises(ValueError, match="score must be 'general' or 'additive'.*'dot'"):
         Seq2Seq(5, 5, score="dot")
-    with pytest.raises(ValueError, match="cell must be one of lstm, gru, got 'rnn'"):
+    with pytest.raises(ValueError, match=r"cell must be one of .*\(the registry's cells\), "
+                                         "got 'rnn'"):
         Seq2Seq(5, 5, cell="rnn")
     with pytest.raises(ValueError, match=r"eos must be a token id in \[0, 5\).*got 7"):
         Seq2Seq(5, 5, eos=7)

@@ -1,8 +1,8 @@
 """Sequence to sequence with attention: a bidirectional encoder, an attentional decoder with input
 feeding (Luong et al. 2015), teacher forcing, and greedy / batched beam-search decoding.
 
-    model = rnncore.seq2seq.Seq2Seq(src_vocab, tgt_vocab, embed=32, hidden=128, cell="lstm",
-                                    score="general")
+    model = rnncore.seq2seq.Seq2Seq(src_vocab, tgt_vocab, embed=32, hidden=128, cell=None,
+                                    score="general")     # cell None: the plain LSTM
     logits = model(src, tgt_in, src_lengths)     # src (S, B), tgt_in (T, B) int; -> (T, B, V)
     loss, dlogits = rnncore.losses.cross_entropy(logits, tgt_out, mask=tgt_mask)
     model.backward(dlogits)                      # adds into model.grads
@@ -10,10 +10,10 @@ feeding (Luong et al. 2015), teacher forcing, and greedy / batched beam-search d
     nbest = model.beam_search(src, src_lengths, beam=5, alpha=0.6, n_best=3)
 
 The model, with E = embed, H = hidden (time-major; padding of src past src_lengths is ignored):
-    encoder      y, h_n = BiLSTM/BiGRU(src_embed(src), lengths)       keys y (S, B, 2H)
+    encoder      y, h_n = bidirectional RNN(src_embed(src), lengths)  keys y (S, B, 2H)
     bridge       h_0 = tanh(W_b [h_n fwd; h_n bwd] + b_b), c_0 = 0   (decoder's first state)
     step t       x_t = [tgt_embed(tgt_in[t]); h~_{t-1}]   (input feeding, h~_{-1} = 0)
-                 h_t (, c_t) = decoder cell(x_t, state_{t-1})        (rnncore.LSTMCell / GRUCell)
+                 h_t (, c_t) = decoder cell(x_t, state_{t-1})        (e.g. rnncore.LSTMCell)
                  ctx_t, a_t = attention(h_t, keys)                   (rnncore.attention)
                  h~_t = tanh(W_c [ctx_t; h_t])                        (combine, no bias)
     output       logits_t = W_o h~_t + b_o                            (out, once for all steps)
@@ -32,12 +32,15 @@ import numpy as np
 
 from ._base import no_grad, positive_int, to_numpy
 from .attention import Attention, matmul
-from .cells import GRUCell, LSTMCell
+from . import _registry
+from .cells import LSTMCell
 from .layers import Embedding, Linear
 from .model import Model
-from .modules import GRU, LSTM
 
-CELLS = {"lstm": (LSTM, LSTMCell), "gru": (GRU, GRUCell)}
+
+def default_cell():
+    """The registry cell of a plain rnncore.LSTMCell (no peepholes): Seq2Seq's default."""
+    return _registry.select(LSTMCell, peephole=False)
 
 
 def log_softmax(z):
@@ -176,16 +179,19 @@ def beam_search(step, state, batch, beam, bos, eos, max_len, alpha=0.6, n_best=1
 class Seq2Seq(Model):
     """Encoder-decoder with attention and input feeding; see the module docstring.
 
-    src_vocab, tgt_vocab: vocabulary sizes; embed E, hidden H; cell "lstm" or "gru" (encoder and
-    decoder); score: the attention's ("general" or "additive"); bos, eos: target token ids
+    src_vocab, tgt_vocab: vocabulary sizes; embed E, hidden H; cell: any cell of the registry
+    (rnncore._registry.CELLS; None = the plain LSTM), for the encoder (its bidirectional
+    sequence module) and the decoder (its single-step cell); score: the attention's ("general" or "additive"); bos, eos: target token ids
     decoding starts with and stops at. Child modules (parameter names "encoder.weight_ih_l0",
     ...): src_embed, encoder, bridge, tgt_embed, decoder, attention, combine, out."""
 
-    def __init__(self, src_vocab, tgt_vocab, embed=32, hidden=128, cell="lstm", score="general",
+    def __init__(self, src_vocab, tgt_vocab, embed=32, hidden=128, cell=None, score="general",
                  bos=1, eos=2, dtype=np.float32, seed=None):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        cell = default_cell() if cell is None else cell
+        if cell not in _registry.CELLS:
+            raise ValueError(f"cell must be one of {', '.join(_registry.CELLS)} (the registry's "
+                             f"cells), got {cell!r}")
         if score not in ("general", "additive"):
             raise ValueError(f"score must be 'general' or 'additive' (the decoder's H-wide "
                              f"query meets 2H-wide keys of the bidirectional encoder, so 'dot' "
@@ -201,14 +207,15 @@ class Seq2Seq(Model):
         self.config = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed=E, hidden=H,
                            cell=cell, score=score, bos=int(bos), eos=int(eos))
         self.bos, self.eos, self.cell, self.hidden, self.embed = int(bos), int(eos), cell, H, E
+        self._has_c = _registry.info(cell).has_cell_state  # LSTMs: state (h, c)
         seeds = np.random.SeedSequence(seed).generate_state(8)
         s = lambda i: int(seeds[i])
-        seq_cls, cell_cls = CELLS[cell]
         self.src_embed = Embedding(src_vocab, E, dtype=dtype, seed=s(0))
-        self.encoder = seq_cls(E, H, bidirectional=True, dtype=dtype, seed=s(1))
+        self.encoder = _registry.make_module(cell, E, H, bidirectional=True, dtype=dtype,
+                                             seed=s(1))
         self.bridge = Linear(2 * H, H, dtype=dtype, seed=s(2))
         self.tgt_embed = Embedding(tgt_vocab, E, dtype=dtype, seed=s(3))
-        self.decoder = cell_cls(E + H, H, dtype=dtype, seed=s(4))
+        self.decoder = _registry.make_cell(cell, E + H, H, dtype=dtype, seed=s(4))
         self.attention = Attention(H, 2 * H, score=score, dtype=dtype, seed=s(5))
         self.combine = Linear(3 * H, H, bias=False, dtype=dtype, seed=s(6))
         self.out = Linear(H, tgt_vocab, dtype=dtype, seed=s(7))
@@ -240,18 +247,18 @@ class Seq2Seq(Model):
                                  f" got src_lengths[{i}] = {src_lengths[i]}")
         emb = self.src_embed(src)
         y, state = self.encoder(emb, None, lengths=src_lengths)
-        h_n = state[0] if self.cell == "lstm" else state
+        h_n = state[0] if self._has_c else state
         H = self.hidden
         hcat = np.concatenate([h_n[0], h_n[1]], axis=1)               # (B, 2H)
         h0 = np.tanh(self.bridge(hcat))
-        c0 = np.zeros((B, H if self.cell == "lstm" else 0), dtype=self.dtype)
+        c0 = np.zeros((B, H if self._has_c else 0), dtype=self.dtype)
         memory = self.attention.memory(y, lengths=src_lengths)
         return memory, (h0, c0), h0
 
     def _step(self, emb, h, c, htilde, memory):
         """One decoder step: -> (h, c, h~, z = [ctx; h], attention weights)."""
         x = np.concatenate([emb, htilde], axis=1)
-        if self.cell == "lstm":
+        if self._has_c:
             h, c = self.decoder(x, (h, c))
         else:
             h = self.decoder(x, h)
@@ -305,7 +312,7 @@ class Seq2Seq(Model):
             dz = matmul(dpre, Wc)
             dq, _ = self.attention.backward(dz[:, :2 * H])
             dh = dh + dq + dz[:, 2 * H:]
-            if self.cell == "lstm":
+            if self._has_c:
                 dx, (dh, dc) = self.decoder.backward((dh, dc))
             else:
                 dx, dh = self.decoder.backward(dh)
@@ -315,7 +322,7 @@ class Seq2Seq(Model):
         dkeys = self.attention.backward_memory(memory)                # (S, B, 2H)
         dhcat = self.bridge.backward(dh * (1 - h0 * h0))              # through tanh(bridge)
         dh_n = np.stack([dhcat[:, :H], dhcat[:, H:]])                 # (2, B, H)
-        if self.cell == "lstm":
+        if self._has_c:
             dsrc, _ = self.encoder.backward(dkeys, (dh_n, np.zeros_like(dh_n)))
         else:
             dsrc, _ = self.encoder.backward(dkeys, dh_n)

@@ -170,7 +170,10 @@ def add_arguments(ap):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--embed", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    from ._registry import CELLS
+    from .seq2seq import default_cell
+    ap.add_argument("--cell", choices=list(CELLS), default=default_cell(),
+                    help=f"a cell of the registry (default: {default_cell()})")
     ap.add_argument("--score", choices=["general", "additive"], default="general",
                     help="attention score (default general)")
     ap.add_argument("--lr", type=float, default=3e-3)
