@@ -112,8 +112,13 @@ def main(argv=None):
     for name, r, mult in (("LSTMCell forward", fwd, 1), ("LSTMCell fwd+bwd", trn, 3)):
         print(f"{name:24s}{r['rnncore'] * 1e6:12.1f}{r['torch'] * 1e6:12.1f}"
               f"{r['torch'] / r['rnncore']:15.2f}{mult * flops / r['rnncore'] / 1e9:17.1f}")
+    # its GEMM arithmetic: the cell (I = H/2 + H), the general score's W^T q, scores and
+    # context over S keys of width 2H, combine (3H -> H), output (H -> 40)
+    s2s_flops = 2 * B * (4 * H * (H // 2 + 2 * H) + H * 2 * H + 2 * S * 2 * H + 3 * H * H
+                         + 40 * H)
     print(f"{'seq2seq decoder step':24s}{s2s_t * 1e6:12.1f}{'':12s}{'':15s}"
-          f"   (cell I = {H // 2 + H}, attention over S = {S}, combine, output 40)")
+          f"{s2s_flops / s2s_t / 1e9:17.1f}   (cell I = {H // 2 + H}, attention over S = {S}, "
+          f"combine, output 40)")
 
 
 if __name__ == "__main__":
