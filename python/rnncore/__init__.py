@@ -13,6 +13,8 @@ from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNN
 
 # the training layer: blocks, composition, losses, optimisers, truncated BPTT, checkpoints
 from . import checkpoint, diagnostics, losses, optim, tbptt
+# the lectures' applications
+from . import attention, seq2seq
 from .gradcheck import check_gradients
 from .layers import Dropout, Embedding, LayerNorm, Linear
 from .model import Model, Sequential
@@ -23,6 +25,7 @@ __all__ = [
     "set_num_threads", "get_num_threads", "PendingStepsWarning", "no_grad", "parameters_changed",
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
+    "attention", "seq2seq",
 ]
 
 

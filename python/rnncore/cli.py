@@ -3,6 +3,7 @@
     rnncore                         the main job: rnncore train lm with its defaults
     rnncore train lm [flags]        character (or --level word) language model, truncated BPTT
     rnncore train echo [flags]      a many-to-many tagger on a generated memory task
+    rnncore train translate         date-format translation: attention, seq2seq, beam search
     rnncore sample CHECKPOINT       generate text from a language-model checkpoint
     rnncore experiment adding|copy  the lectures' long-range experiments, every cell compared
     rnncore bench [flags]           rnncore against PyTorch (and onnxruntime), side by side
@@ -21,6 +22,7 @@ COMMANDS = {
     "train": {
         "lm": ("rnncore.lm", "character or word language model (the main job)"),
         "echo": ("rnncore.echo", "many-to-many tagger: echo each symbol `--delay` steps later"),
+        "translate": ("rnncore.translate", "date-format translation: attention, seq2seq, beam search"),
     },
     "experiment": {
         "adding": ("rnncore.experiments", "the adding problem: every cell on the same budget"),
