@@ -5,10 +5,11 @@ good, not bad at all" (positive) against "the food was bad, not good at all" (ne
 sentence holds exactly one positive and one negative adjective, and its label is decided by
 where they stand: which clause counts ("..., not B at all", "not A, it was B", "A but B",
 "although A, B", "B, although A", "i expected A, but it was B", "it is not true that A,
-although B") and whether that clause is negated ("was not bad", "it is not true that"). Exchanging the two adjectives gives a sentence with the same words,
-counted, and the opposite label, and the generator draws both with equal probability: a
-bag-of-words model therefore has nothing to learn and stays at chance, while a recurrent
-classifier reading the words in order can be exact.
+although B") and whether that clause is negated ("was not bad", "it is not true that").
+Exchanging the two adjectives gives a sentence with the same words, counted, and the opposite
+label, and the generator draws both with equal probability: a bag-of-words model therefore has
+nothing to learn and stays at chance, while a recurrent classifier reading the words in order
+can be exact.
 
 Model: Embedding -> recurrent stack (any registry cell) run with `lengths` (no arithmetic on
 padding: the core sorts the batch by length) -> the final state of the top layer -> Linear -> two
@@ -299,8 +300,8 @@ def run(args, error):
         mark = "" if pred == test[n].label else "   <- wrong"
         print(f"  {LABELS[pred]:>8}: {test[n].text}{mark}")
     print(f"checkpoint: {path}")
-    when = (f"; {args.target:.0%} first reached at update {reached_at[0]} ({reached_at[1]:.1f} s)"
-            if reached_at else "")
+    when = (f"; {args.target:.0%} first reached at update {reached_at[0]} "
+            f"({reached_at[1]:.1f} s)" if reached_at else "")
     print(f"held-out accuracy: {args.cell} {accuracy:.1%} after {args.steps} updates "
           f"({seconds:.0f} s){when}; bag of words {bag_test:.1%} (chance 50%); target "
           f"{args.target:.0%} {'reached' if accuracy >= args.target else 'NOT reached'}")

@@ -249,7 +249,8 @@ def run(args, error):
                     config=dict(model.config, frames=args.frames, label_frames=args.label_frames),
                     extra={"precision": scores[0], "recall": scores[1], "f1": scores[2],
                            "history": history})
-    print("held-out clips 0 and 1 (a character per 8 frames; '#' labelled, '^' predicted, '*' both):")
+    print("held-out clips 0 and 1 (a character per 8 frames; '#' labelled, '^' predicted, "
+          "'*' both):")
     for b in range(min(2, test_y.shape[1])):
         marks = []
         for s in range(0, args.frames, 8):
@@ -259,8 +260,8 @@ def run(args, error):
     print(f"held-out triggers detected: {detected} of {triggers}, false alarms: {false_alarms} "
           f"(in {args.test_clips} clips)")
     print(f"checkpoint: {path}")
-    when = (f"; {args.target:.2f} first reached at update {reached_at[0]} ({reached_at[1]:.1f} s)"
-            if reached_at else "")
+    when = (f"; {args.target:.2f} first reached at update {reached_at[0]} "
+            f"({reached_at[1]:.1f} s)" if reached_at else "")
     print(f"held-out frame F1: {scores[2]:.3f} (precision {scores[0]:.3f}, recall "
           f"{scores[1]:.3f}) after {args.steps} updates ({seconds:.0f} s){when}; target "
           f"{args.target:.2f} {'reached' if scores[2] >= args.target else 'NOT reached'}")
