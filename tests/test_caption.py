@@ -93,6 +93,10 @@ def test_batched_greedy_decoding_equals_one_image_at_a_time():
         one, _ = model.generate(images[b:b + 1], max_len=6)
         assert decode(one[:, 0]) == decode(ids[:, b])
     assert decode([STOI["a"], STOI["red"], STOI[EOS], STOI["a"]]) == "a red"
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 30, 30, 3\), got \(5, 24"):
+        model.generate(images[:, :24, :24])
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        model(images, np.zeros((4, 3), dtype=np.int64))
 
 
 def test_tiny_run_learns_in_seconds(tmp_path, capsys):

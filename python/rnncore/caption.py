@@ -139,6 +139,11 @@ class Captioner(Model):
     def _encode(self, images):
         """-> (the encoder's hidden layer, region features (S, B, D), the attention memory,
         (h0, c0))."""
+        images = np.asarray(images)
+        side = GRID * CELL
+        if images.ndim != 4 or images.shape[1:] != (side, side, 3):
+            raise ValueError(f"images must have shape (B, {side}, {side}, 3), got "
+                             f"{images.shape}")
         hidden = np.tanh(self.encoder(regions(images)))
         feats = np.tanh(self.encoder2(hidden))
         mean = feats.mean(axis=0)
@@ -146,6 +151,10 @@ class Captioner(Model):
         return hidden, feats, self.attend.memory(feats), (h0, c0)
 
     def forward(self, images, tokens):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != np.shape(images)[0]:
+            raise ValueError(f"tokens must have shape (L, B) with B = {np.shape(images)[0]} "
+                             f"images, got {tokens.shape}")
         L, B = tokens.shape
         hidden, feats, memory, (h, c) = self._encode(images)
         h0, c0 = h, c
@@ -185,7 +194,8 @@ class Captioner(Model):
         self.encoder.backward(dhidden * (1 - hidden * hidden))
 
     def generate(self, images, max_len=12):
-        """Greedy decoding of the whole batch: (ids (max_len, B), weights (max_len, B, S))."""
+        """Greedy decoding of the whole batch: (ids (steps, B), weights (steps, B, S)), steps <=
+        max_len (fewer when every caption has its <eos>)."""
         with no_grad():
             _, _, memory, (h, c) = self._encode(images)
             B = images.shape[0]
