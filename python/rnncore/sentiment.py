@@ -26,8 +26,12 @@ import numpy as np
 from ._apps import (Progress, check_positive, last_layer_state, last_layer_state_backward,
                     output_folder, pad_batch)
 from ._base import no_grad
+from ._registry import select
 from .layers import Embedding, Linear
 from .model import Model
+from .modules import LSTM
+
+DEFAULT_CELL = select(LSTM, peephole=False)  # the registry cell of rnncore.LSTM
 
 POSITIVE = ("good", "great", "excellent", "tasty", "friendly", "wonderful", "lovely", "fine")
 NEGATIVE = ("bad", "awful", "terrible", "bland", "rude", "boring", "poor", "horrible")
@@ -171,7 +175,7 @@ class SentimentClassifier(Model):
     forward(tokens (T, B) int, lengths (B,)) -> logits (B, 2); backward(dlogits) back-propagates
     through the final state only (the per-step outputs get no gradient)."""
 
-    def __init__(self, cell="lstm", embed=32, hidden=64, layers=1, seed=0, dtype=np.float32):
+    def __init__(self, cell=DEFAULT_CELL, embed=32, hidden=64, layers=1, seed=0, dtype=np.float32):
         from ._registry import make_module
         super().__init__()
         self.config = dict(cell=cell, embed=int(embed), hidden=int(hidden), layers=int(layers))
@@ -209,7 +213,8 @@ def add_arguments(ap):
                     help="training sentences (default 10000)")
     ap.add_argument("--test-size", type=int, default=2000,
                     help="held-out sentences, none of them in the training set (default 2000)")
-    ap.add_argument("--cell", choices=list(CELLS), default="lstm")
+    ap.add_argument("--cell", choices=list(CELLS), default=DEFAULT_CELL,
+                    help=f"a cell of the registry (default: {DEFAULT_CELL})")
     ap.add_argument("--embed", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=1)

@@ -31,8 +31,12 @@ import numpy as np
 
 from ._apps import Progress, check_positive, output_folder
 from ._base import no_grad
+from ._registry import select
 from .layers import Linear
 from .model import Model
+from .modules import GRU
+
+DEFAULT_CELL = select(GRU, reset_after=True)  # the registry cell of rnncore.GRU
 
 BINS = 24                       # frequency bins of the spectrogram
 TRIGGER_FRAMES = 24             # the trigger word's typical duration
@@ -113,7 +117,7 @@ class TriggerDetector(Model):
     """Unidirectional recurrent stack -> Linear(1) per frame: logits (T, B) of "the trigger word
     has just ended"."""
 
-    def __init__(self, cell="gru", hidden=64, layers=2, seed=0, dtype=np.float32):
+    def __init__(self, cell=DEFAULT_CELL, hidden=64, layers=2, seed=0, dtype=np.float32):
         from ._registry import make_module
         super().__init__()
         self.config = dict(cell=cell, hidden=int(hidden), layers=int(layers), bins=BINS)
@@ -173,7 +177,8 @@ def add_arguments(ap):
                     help="frames labelled 1 after each trigger ends (default 50)")
     ap.add_argument("--train-clips", type=int, default=4000)
     ap.add_argument("--test-clips", type=int, default=500)
-    ap.add_argument("--cell", choices=list(CELLS), default="gru")
+    ap.add_argument("--cell", choices=list(CELLS), default=DEFAULT_CELL,
+                    help=f"a cell of the registry (default: {DEFAULT_CELL}, unidirectional)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
