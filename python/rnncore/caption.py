@@ -90,7 +90,7 @@ def regions(images):
 
 
 def make_dataset(rng, n):
-    """(images (n, 24, 24, 3), tokens (L + 1, n) int64 caption + <eos> padded with <pad>)."""
+    """(images (n, 30, 30, 3), tokens (L + 1, n) int64 caption + <eos> padded with <pad>)."""
     data = [make_example(rng) for _ in range(n)]
     images = np.stack([d[0] for d in data])
     L = max(len(d[1]) for d in data) + 1
