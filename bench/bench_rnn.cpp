@@ -31,6 +31,7 @@
 #include "rnncore/cells.hpp"
 #include "rnncore/runtime.hpp"
 #include "rnncore/sequence.hpp"
+#include "rnncore/step.hpp"
 
 namespace {
 
@@ -430,6 +431,56 @@ typedef float Vec __attribute__((vector_size(
     16
 #endif
     )));
+
+// Single cell steps through rnncore::StepEngine (what the Python cells and decoders run), with
+// the weights packed once: inference forward, and a training forward plus its backward. Args:
+// batch, hidden size (I = H), threads. Before timing, the step's h is checked against a one-step
+// run of the sequence driver.
+template <class Cell>
+void BM_Step(benchmark::State& state) {
+  const Index B = state.range(0), H = state.range(1), G = Cell::kGates;
+  rnncore::ThreadLimit threads(int(state.range(2)));
+  const bool train = state.range(3) != 0;
+  Problem<Cell> p(1, B, H);
+  rnncore::StepEngine<float> engine(Cell::name, H, H);
+  rnncore::LayerWeights<float> w{p.w_ih.data(), p.w_hh.data(), p.b_ih.data(), p.b_hh.data(),
+                                 p.peephole.data()};
+  engine.set_weights(w);
+  std::vector<float> h0(B * H, 0.1f), c0(B * H, 0.1f), h(B * H), c(B * H), dh(B * H, 1.0f),
+      dx(B * H), dh_prev(B * H), dc_prev(B * H), stash(B * Cell::kStashSlots * H);
+  engine.forward(B, p.x.data(), h0.data(), c0.data(), h.data(), c.data(), nullptr);
+  rnncore::forward_inference<Cell, float>(p.shape, w, p.x.data(), h0.data(), c0.data(), nullptr, false,
+                                          p.y.data(), p.h_n.data(), p.c_n.data());
+  for (Index i = 0; i < B * H; ++i)
+    if (std::abs(h[i] - p.h_n[i]) > 1e-5f * (1 + std::abs(p.h_n[i]))) {
+      state.SkipWithError("the step engine disagrees with the sequence driver");
+      return;
+    }
+  rnncore::LayerGradients<float> g{p.dw_ih.data(), p.dw_hh.data(), p.db_ih.data(),
+                                   p.db_hh.data(), p.dpeephole.data()};
+  for (auto _ : state) {
+    if (!train) {
+      engine.forward(B, p.x.data(), h0.data(), c0.data(), h.data(), c.data(), nullptr);
+    } else {
+      engine.forward(B, p.x.data(), h0.data(), c0.data(), h.data(), c.data(), stash.data());
+      engine.backward(B, p.x.data(), h0.data(), c0.data(), h.data(), c.data(), stash.data(),
+                      dh.data(), dh.data(), dx.data(), dh_prev.data(), dc_prev.data(), g);
+    }
+    benchmark::DoNotOptimize(h.data());
+  }
+  const double flops = 2.0 * B * G * H * (H + H) * (train ? 3 : 1);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+void StepGrid(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "H", "threads", "train"});
+  for (auto [B, H] : {std::pair<int, int>{1, 32}, {64, 256}})
+    for (int t : {1, 2})
+      for (int train : {0, 1}) b->Args({B, H, t, train});
+  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+BENCHMARK(BM_Step<rnncore::LstmCell<false>>)->Name("lstm/step")->Apply(StepGrid);
+BENCHMARK(BM_Step<rnncore::GruCell<true>>)->Name("gru/step")->Apply(StepGrid);
 
 void BM_FmaPeak(benchmark::State& state) {
   const int threads = int(state.range(0));

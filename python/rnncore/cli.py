@@ -4,6 +4,9 @@
     rnncore train lm [flags]        character (or --level word) language model, truncated BPTT
     rnncore train echo [flags]      a many-to-many tagger on a generated memory task
     rnncore train translate         date-format translation: attention, seq2seq, beam search
+    rnncore train sentiment         many-to-one classifier: word order decides the label
+    rnncore train trigger           many-to-many trigger-word detection on spectrograms
+    rnncore train caption           one-to-many captioning with attention over image regions
     rnncore sample CHECKPOINT       generate text from a language-model checkpoint
     rnncore experiment adding|copy  the lectures' long-range experiments, every cell compared
     rnncore bench [flags]           rnncore against PyTorch (and onnxruntime), side by side
@@ -23,6 +26,9 @@ COMMANDS = {
         "lm": ("rnncore.lm", "character or word language model (the main job)"),
         "echo": ("rnncore.echo", "many-to-many tagger: echo each symbol `--delay` steps later"),
         "translate": ("rnncore.translate", "date-format translation: attention, seq2seq, beam search"),
+        "sentiment": ("rnncore.sentiment", "many-to-one classifier: word order decides the label"),
+        "trigger": ("rnncore.trigger", "many-to-many trigger-word detection on spectrograms"),
+        "caption": ("rnncore.caption", "one-to-many captioning with attention over regions"),
     },
     "experiment": {
         "adding": ("rnncore.experiments", "the adding problem: every cell on the same budget"),
