@@ -111,6 +111,8 @@ def is_device_array(obj):
     CUDA device). numpy arrays and CPU tensors are not."""
     if obj is None or isinstance(obj, (np.ndarray, np.generic, list, tuple, int, float)):
         return False
+    if getattr(obj, "is_cuda", None) is True:  # torch (whose interface refuses tensors with grad)
+        return True
     try:
         if hasattr(obj, "__cuda_array_interface__"):
             return True
@@ -185,6 +187,8 @@ def _device_of(pointer):
 def describe(obj, name, keep):
     """The descriptor (pointer, shape, dtype name, device) rnncore._cuda takes, for a device
     array; `keep` collects what must stay alive during the call. Errors name the argument."""
+    if getattr(obj, "requires_grad", False) and hasattr(obj, "detach"):
+        obj = obj.detach()  # torch refuses the interface of a tensor that requires grad
     try:
         cai = obj.__cuda_array_interface__
     except AttributeError:
@@ -446,18 +450,18 @@ def module_forward(module, x, h0, lengths):
     """_RNNBase.forward for a device array x: the same checks, tape and results, on x's device."""
     from ._base import check_lengths
     device = _module_device(module)
-    if not is_device_array(x):
+    if device is not None and not is_device_array(x):
         raise ValueError(
             f"{type(module).__name__} is on cuda:{device} (moved with .to()), so x must be a CUDA "
             f"device array there, got {type(x).__name__}; move the module back with .cpu() to "
             "run on the host")
-    lib = _Library(x)
     keep = []
     x_device = describe_loose(x, "x", keep)[3]
     if device is None:
         raise ValueError(
             f"x is a CUDA device array but {type(module).__name__}'s parameters are host (numpy) "
             f"arrays; move the module first with .to('cuda:{max(x_device, 0)}')")
+    lib = _Library(x)
     if x_device >= 0 and x_device != device:
         raise ValueError(f"x is on cuda:{x_device} but the module's parameters on cuda:{device}")
     x = _module_array(module, lib, "x", x, None)
