@@ -118,7 +118,7 @@ class Stack {
                const py::object& c0, const py::object& lengths, const py::object& y,
                const py::object& h_n, const py::object& c_n, bool training, double dropout,
                uint64_t seed, std::uintptr_t stream) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    const auto lock = lock_without_gil();
     if (double_) forward_t<double>(x, params, h0, c0, lengths, y, h_n, c_n, training, dropout, seed, stream);
     else forward_t<float>(x, params, h0, c0, lengths, y, h_n, c_n, training, dropout, seed, stream);
   }
@@ -126,7 +126,7 @@ class Stack {
   void backward(const py::dict& params, const py::dict& grads, const py::object& dy,
                 const py::object& dh_n, const py::object& dc_n, const py::object& dx,
                 const py::object& dh0, const py::object& dc0, std::uintptr_t stream) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    const auto lock = lock_without_gil();
     if (double_) backward_t<double>(params, grads, dy, dh_n, dc_n, dx, dh0, dc0, stream);
     else backward_t<float>(params, grads, dy, dh_n, dc_n, dx, dh0, dc0, stream);
   }
@@ -134,7 +134,7 @@ class Stack {
   bool ready() const { return ctx_.ready(); }
   std::size_t nbytes() const { return ctx_.bytes(); }
   void release() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    const auto lock = lock_without_gil();
     ctx_.release();
   }
   std::string cell() const { return info_.name; }
@@ -146,6 +146,18 @@ class Stack {
   }
 
  private:
+  // One call at a time per stack. A call releases the GIL while it queues work, so a second
+  // thread must not wait for the stack's lock while holding the GIL (the first could then never
+  // take it back): it waits with the GIL released, as rnncore._core does.
+  std::unique_lock<std::mutex> lock_without_gil() {
+    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+    if (!lock.try_lock()) {
+      py::gil_scoped_release nogil;
+      lock.lock();
+    }
+    return lock;
+  }
+
   Index directions() const { return shape_.directions(); }
   Index entries() const { return shape_.num_layers * directions(); }
   const char* dtype_name() const { return double_ ? "float64" : "float32"; }
