@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import rnncore
+from conftest import UNDER_ASAN
 from rnncore import _core, _registry
 from rnncore import cuda as rcuda
 
@@ -76,24 +77,27 @@ def test_status_is_one_line_and_agrees_with_availability():
         assert "device" in status or "cuBLAS" in status or "built without" in status
 
 
-@pytest.mark.parametrize("mode, found", [("AUTO", True), ("ON", False)])
-def test_cmake_without_a_cuda_compiler(tmp_path, mode, found):
+@pytest.mark.parametrize("mode", ["AUTO", "ON"])
+def test_cmake_without_a_cuda_compiler(tmp_path, mode):
     # AUTO: one line saying the CUDA build was skipped and why; ON: a clear configure error.
+    # (Configured for the benchmarks rather than the Python module, which would need pybind11's
+    # CMake files; the CUDA decision comes before either is looked for.)
     cmake = shutil.which("cmake")
     if cmake is None or not (ROOT / "CMakeLists.txt").exists():
         pytest.skip("needs cmake and a source checkout")
-    pybind11 = pytest.importorskip("pybind11")
     env = dict(os.environ, CUDACXX=str(tmp_path / "no-nvcc-here"))
     out = subprocess.run(
         [cmake, "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DRNNCORE_CUDA={mode}",
-         "-DRNNCORE_BUILD_PYTHON=ON", "-DRNNCORE_CUDA_CHECK=OFF", "-DRNNCORE_INSTALL=OFF",
-         f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DPython_EXECUTABLE={sys.executable}"],
+         "-DRNNCORE_BUILD_BENCH=ON", "-DRNNCORE_BUILD_PYTHON=OFF", "-DRNNCORE_CUDA_CHECK=OFF",
+         "-DRNNCORE_INSTALL=OFF", f"-DPython_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True, env=env, timeout=300)
     text = out.stdout + out.stderr
-    if found:
-        assert out.returncode == 0, text
+    if "rnncore: Eigen" not in text:
+        pytest.skip("CMake found no Eigen headers here (pip install cmeel-eigen)")
+    if mode == "AUTO":
         skipped = [line for line in text.splitlines() if "CUDA build skipped" in line]
         assert len(skipped) == 1 and "no CUDA compiler found" in skipped[0], text
+        assert "rnncore._cuda with" not in text
     else:
         assert out.returncode != 0
         assert "RNNCORE_CUDA=ON but no CUDA compiler found" in text, text
@@ -253,6 +257,9 @@ def test_modules_dispatch_device_arrays_to_the_cuda_path(monkeypatch):
 # ---- on a GPU: parity with the CPU path and with torch.nn (cuDNN) -------------------------------
 
 def _gpu_torch():
+    if UNDER_ASAN:
+        pytest.skip("not under AddressSanitizer: the CUDA driver maps device memory where ASan "
+                    "keeps its shadow (it would need ASAN_OPTIONS=protect_shadow_gap=0)")
     if not rcuda.cuda_available():
         pytest.skip(f"no GPU path here: {rcuda.cuda_status()}")
     torch = pytest.importorskip("torch")
