@@ -458,3 +458,133 @@ def test_gpu_repeated_training_steps_reuse_memory_and_release_it():
     assert isinstance(dev.params["weight_ih_l0"], np.ndarray)
     y, _ = dev(np.ones((6, 3, 3), np.float32))  # back on the host path
     assert isinstance(y, np.ndarray)
+
+
+# ---- the Python side of the GPU path, end to end, on a stand-in device --------------------------
+
+class HostBackedStack:
+    """Stands in for rnncore._cuda.Stack: takes the same descriptors, but of host memory, and
+    computes with rnncore._core.Stack. With it the whole Python side (modules' dispatch, .to(),
+    batch_first, unbatched input, lengths, states, the tape, gradients, CudaStack, the
+    descriptors) runs without a GPU and is compared with the plain CPU module."""
+
+    def __init__(self, cell, I, H, L, bidirectional, dtype):
+        self.core = _core.Stack(cell, I, H, L, bidirectional, dtype)
+        self.pending = None
+
+    @staticmethod
+    def view(d):
+        if d is None:
+            return None
+        pointer, shape, dtype, device = d
+        assert device == 0, d
+        n = int(np.prod(shape))
+        ctype = {"float32": np.float32, "float64": np.float64, "int64": np.int64}[dtype]
+        buf = (np.ctypeslib.as_ctypes_type(ctype) * max(n, 1)).from_address(pointer)
+        return np.ctypeslib.as_array(buf)[:n].reshape(shape)
+
+    @property
+    def ready(self):
+        return self.pending is not None
+
+    nbytes = 0
+
+    def release(self):
+        self.core.release()
+        self.pending = None
+
+    def forward(self, x, params, h0, c0, lengths, y, h_n, c_n, training, dropout, seed, stream):
+        v = self.view
+        out = self.core.forward(v(x), {k: v(d) for k, d in params.items()}, h0=v(h0), c0=v(c0),
+                                lengths=lengths, training=training, dropout=dropout, seed=seed)
+        for dst, src in zip((v(y), v(h_n), v(c_n)), out):
+            if dst is not None:
+                dst[...] = src
+        if training:
+            self.pending = x[1][:2]
+
+    def backward(self, params, grads, dy, dh_n, dc_n, dx, dh0, dc0, stream):
+        v = self.view
+        out = self.core.backward(v(dy), {k: v(d) for k, d in params.items()},
+                                 {k: v(d) for k, d in grads.items()}, dh_n=v(dh_n),
+                                 dc_n=v(dc_n))
+        for dst, src in zip((v(dx), v(dh0), v(dc0)), out):
+            if dst is not None:
+                dst[...] = src
+        self.pending = None
+
+
+@pytest.fixture
+def host_backed_device(monkeypatch):
+    """torch CPU tensors play device arrays on 'cuda:0', computed by HostBackedStack."""
+    torch = pytest.importorskip("torch")
+
+    class Module:
+        Stack = HostBackedStack
+
+    def describe(obj, name, keep):
+        if getattr(obj, "requires_grad", False):
+            obj = obj.detach()
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(f"{name} must be a CUDA device array, got {type(obj).__name__}")
+        if not obj.is_contiguous():
+            raise ValueError(f"{name} must be C-contiguous")
+        keep.append(obj)
+        return obj.data_ptr(), tuple(obj.shape), str(obj.dtype).replace("torch.", ""), 0
+
+    monkeypatch.setattr(rcuda, "_require", lambda: Module)
+    monkeypatch.setattr(rcuda, "cuda_available", lambda: True)
+    monkeypatch.setattr(rcuda, "is_device_array", lambda a: isinstance(a, torch.Tensor))
+    monkeypatch.setattr(rcuda, "describe", describe)
+    monkeypatch.setattr(rcuda, "_device_array", lambda host, index: torch.from_numpy(host.copy()))
+    monkeypatch.setattr(rcuda._Library, "stream", lambda self: 0)
+    return torch
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_python_side_of_the_gpu_path_matches_the_cpu_module(cell, host_backed_device):
+    torch = host_backed_device
+    dtype = np.float64
+    host = _module(cell, dtype, bidirectional=True, batch_first=True, dropout=0.3, seed=4)
+    dev = copy.deepcopy(host).to("cuda")
+    assert all(isinstance(p, torch.Tensor) for p in dev.params.values())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6, 3))  # batch_first: B = 4, T = 6
+    state = _states(torch, cell, rng, 4, 4, 5, dtype)
+    lengths = np.array([6, 0, 3, 5])
+    dy = rng.standard_normal((4, 6, 10))
+    dev_lengths = torch.from_numpy(lengths)  # lengths may be a device array too
+    for lens, dlens in ((None, None), (lengths, dev_lengths)):
+        y, hs = host(x, state, lengths=lens)
+        yd, hsd = dev(torch.from_numpy(x), _to_cpu_tensors(torch, state), lengths=dlens)
+        dx, ds = host.backward(dy)
+        dxd, dsd = dev.backward(torch.from_numpy(dy))
+        for a, b in [(yd, y), (dxd, dx)] + list(zip(_unpack(hsd), _unpack(hs))) + \
+                list(zip(_unpack(dsd), _unpack(ds))) + \
+                [(dev.grads[k], host.grads[k]) for k in host.grads]:
+            _close(torch, a, b, dtype, cell)
+    with pytest.raises(RuntimeError, match="needs a preceding training-mode forward"):
+        dev.backward(torch.from_numpy(dy))
+    with pytest.raises(ValueError, match=r"dy must have shape \(4, 6, 10\)"):
+        dev(torch.from_numpy(x))
+        dev.backward(torch.zeros(6, 4, 10, dtype=torch.float64))
+    dev.backward(torch.from_numpy(dy))  # the bad dy left the forward in place
+    with pytest.raises(ValueError, match="so x must be a CUDA device array there, got ndarray"):
+        dev(x)
+    dev.zero_grad()
+    assert all(not g.any() for g in dev.grads.values())
+    dev.eval()
+    host.eval()
+    x32 = x[0].astype(np.float32)  # unbatched, inference, another float dtype (converted)
+    y, _ = host(x32)
+    yd, _ = dev(torch.from_numpy(x32))
+    _close(torch, yd, y, dtype, "unbatched " + cell)
+    dev.cpu()
+    assert all(isinstance(p, np.ndarray) for p in dev.params.values())
+    np.testing.assert_array_equal(dev(x)[0], host(x)[0])
+
+
+def _to_cpu_tensors(torch, value):
+    if isinstance(value, tuple):
+        return tuple(torch.from_numpy(v) for v in value)
+    return torch.from_numpy(value)

@@ -616,14 +616,17 @@ def module_to(module, device):
         if not cuda_available():
             raise RuntimeError(f"cannot move {type(module).__name__} to cuda:{index}: "
                                f"{cuda_status()}")
-        kind, lib = _array_library(device)
         for table in (module.params, module.grads):
             for name, a in table.items():
                 host = a if isinstance(a, np.ndarray) else _Library(a).to_host(a)
-                host = np.ascontiguousarray(host, dtype=module.dtype)
-                if kind == "torch":
-                    table[name] = lib.from_numpy(host).to(f"cuda:{index}")
-                else:
-                    with lib.cuda.Device(index):
-                        table[name] = lib.asarray(host)
+                table[name] = _device_array(np.ascontiguousarray(host, dtype=module.dtype), index)
     return module
+
+
+def _device_array(host, index):
+    """A copy of a host array on device `index`, in torch (with CUDA) or else CuPy."""
+    kind, lib = _array_library(f"cuda:{index}")
+    if kind == "torch":
+        return lib.from_numpy(host).to(f"cuda:{index}")
+    with lib.cuda.Device(index):
+        return lib.asarray(host)
