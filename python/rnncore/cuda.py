@@ -404,7 +404,7 @@ class CudaStack:
         return dx, dh0, dc0
 
 
-# ---- the numpy modules on device arrays (the hooks of rnncore.modules) ----------------------------
+# ---- the numpy modules on device arrays (the hooks of rnncore.modules) ------------------------
 
 def _module_device(module):
     """The device index of a module's parameters, or None when they are host arrays."""
@@ -424,10 +424,10 @@ def _cuda_stack(module):
     return stack
 
 
-def _module_array(module, lib, name, a, shape_hint):
+def _module_array(module, lib, name, a):
     """A device array argument in the module's dtype, contiguous (one copy at most)."""
     keep = []
-    pointer, shape, dtype, device = describe_loose(a, name, keep)
+    dtype = describe_loose(a, name, keep)[2]
     if dtype not in ("float32", "float64"):
         raise TypeError(f"{name} must be a float32 or float64 array, got {dtype}")
     if dtype != module.dtype.name:
@@ -440,9 +440,9 @@ def describe_loose(obj, name, keep):
     try:
         return describe(obj, name, keep)
     except ValueError as e:
-        if "contiguous" not in str(e):
+        cai = getattr(obj, "__cuda_array_interface__", None)
+        if "contiguous" not in str(e) or cai is None:
             raise
-        cai = obj.__cuda_array_interface__
         return (int(cai["data"][0]), tuple(cai["shape"]), _DTYPES.get(cai["typestr"]), -1)
 
 
@@ -464,7 +464,7 @@ def module_forward(module, x, h0, lengths):
     lib = _Library(x)
     if x_device >= 0 and x_device != device:
         raise ValueError(f"x is on cuda:{x_device} but the module's parameters on cuda:{device}")
-    x = _module_array(module, lib, "x", x, None)
+    x = _module_array(module, lib, "x", x)
     shape = tuple(x.shape)
     if len(shape) not in (2, 3):
         raise ValueError(f"x must be 3-D {module._layout()} or 2-D unbatched (T, input_size), "
@@ -522,7 +522,7 @@ def _check_device_state(module, lib, name, value, batch, unbatched):
                         f"{module._state_shape(batch, unbatched)}, got a {type(value).__name__}")
     if not is_device_array(value):
         raise ValueError(f"{name} must be a CUDA device array like x, got {type(value).__name__}")
-    a = _module_array(module, lib, name, value, None)
+    a = _module_array(module, lib, name, value)
     expected = module._state_shape(batch, unbatched)
     if tuple(a.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
@@ -559,7 +559,7 @@ def module_backward(module, dy, dh_n):
                 raise ValueError(f"dy must be a CUDA device array like the forward's x, got "
                                  f"{type(dy).__name__}")
             lib = _Library(dy)
-            dy = _module_array(module, lib, "dy", dy, None)
+            dy = _module_array(module, lib, "dy", dy)
             DH = module.num_directions * module.hidden_size
             y_shape = (T, DH) if unbatched else ((B, T, DH) if module.batch_first else (T, B, DH))
             if tuple(dy.shape) != y_shape:
