@@ -50,6 +50,11 @@ const Api& api() {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (g_ready) return g_api;
   std::vector<std::string> tried;
+#ifdef RNNCORE_CUDA_TOOLKIT_LIBDIR
+  // The toolkit the module was built with, when it has cuBLAS (it need not be on the loader's
+  // path); a missing file is simply the next candidate.
+  for (const char* n : kSonames) tried.push_back(std::string(RNNCORE_CUDA_TOOLKIT_LIBDIR) + "/" + n);
+#endif
   if (!g_path.empty()) tried.push_back(g_path);
   for (const char* n : kSonames) tried.emplace_back(n);
   std::string errors;

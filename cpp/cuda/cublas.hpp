@@ -1,8 +1,9 @@
 // cuBLAS, loaded at run time (dlopen) rather than linked: the CUDA build then needs only nvcc and
 // the CUDA runtime of the toolkit (no cuBLAS headers or libraries at build time), `import
-// rnncore._cuda` works without cuBLAS, and the library comes from wherever it is installed: the
-// PyPI wheel nvidia-cublas (`pip install "rnncore[cuda]"`; rnncore.cuda passes its path), or a
-// toolkit's or the system's libcublas.so.<major> on the loader's path.
+// rnncore._cuda` works without cuBLAS, and the library comes from wherever it is installed, tried
+// in this order: the lib folder of the toolkit the module was built with (when it has cuBLAS),
+// the PyPI wheel nvidia-cublas (`pip install "rnncore[cuda]"`; rnncore.cuda passes its path),
+// then libcublas.so.<major> on the loader's path.
 //
 // Only the few entry points rnncore uses are declared, with the C ABI of cuBLAS's v2 API
 // (cublas_api.h): handles are opaque pointers and the enums are ints with these values.
