@@ -1,4 +1,4 @@
-// Compile-only check: the cells' pointwise math, as the coming CUDA kernels will call it.
+// Compile-only check: the cells' pointwise math, as the CUDA kernels (stack_impl.cuh) call it.
 //
 // For every registry cell (rnncore::CellTypes, so a new registry line is checked without an edit
 // here), for float and double, and for every phase of the cell's step, this instantiates the

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 
 from . import _core, _registry
+from . import cuda as _cuda_path
 from ._base import (Module, as_array, check_lengths, check_parameter_memory, check_shape,
                     positive_int, uniform)
 
@@ -47,7 +48,7 @@ class _RNNBase(Module):
         self._init_params()
         self._init_core()
 
-    _core_state = ("_stack", "_tape", "_forwards", "_unconsumed")
+    _core_state = ("_stack", "_tape", "_forwards", "_unconsumed", "_cuda_stack")
 
     def _init_core(self):
         # The C++ stack: all layers and directions in one call; it keeps the training workspace
@@ -143,6 +144,8 @@ class _RNNBase(Module):
         (h0, c0) for LSTMs; zeros if None.
         lengths: int array (B,) of valid lengths (batched input only); outputs past a sequence's
         length are zero and its final state is the one after its last valid step."""
+        if self._device is not None or _cuda_path.is_device_array(x):  # rnncore.cuda
+            return _cuda_path.module_forward(self, x, h0, lengths)
         x, unbatched = self._check_input(x)
         T, B = x.shape[0], x.shape[1]
         h0, c0 = self._split_state(h0, B, unbatched)
@@ -174,6 +177,8 @@ class _RNNBase(Module):
 
         dy: gradient of the loss w.r.t. y (same shape as y); dh_n: gradient w.r.t. h_n, or the
         tuple (dh_n, dc_n) for LSTMs (None = zero)."""
+        if _cuda_path.pending_on_device(self):  # the forward ran on a device (rnncore.cuda)
+            return _cuda_path.module_backward(self, dy, dh_n)
         with self._lock:
             tape = self._take_tape()
             T, B, unbatched = tape[:3]
@@ -233,6 +238,26 @@ class _RNNBase(Module):
         self._tape = None
         self._unconsumed.clear()
         self._stack.release()
+        if self._cuda_stack is not None:
+            self._cuda_stack.release()
+
+    # ---- devices (rnncore.cuda) ---------------------------------------------------------
+    _device = None  # CUDA device index of the parameters, None on the host
+    _cuda_stack = None
+
+    def to(self, device):
+        """Moves parameters and gradients to 'cuda', 'cuda:N' (device arrays of torch or CuPy)
+        or 'cpu' (numpy); returns self. Device modules take device arrays (docs/cuda.md)."""
+        _cuda_path.module_to(self, device)
+        self._device = _cuda_path._parse_device(device)
+        return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0  # numpy, torch and CuPy arrays alike
 
     def __repr__(self):
         opts = [f"{self.input_size}", f"{self.hidden_size}"]

@@ -20,7 +20,9 @@ a Stack of its own from the module's small pool and returns it when its backward
 graph dropped without backward frees its Stack with it). A second backward through the same
 graph (retain_graph=True) recomputes the forward first, with the same dropout seed.
 
-Not supported (a clear error): CUDA and other non-CPU tensors (no CUDA build of rnncore yet),
+CUDA tensors run on rnncore's CUDA path (rnncore.cuda, docs/cuda.md) when it was built and a
+device is there: module and inputs on one device, read in place, outputs allocated by torch.
+Not supported (a clear error): other non-CPU tensors, CUDA tensors without rnncore's CUDA path,
 float16/bfloat16 parameters, proj_size > 0, double backward (gradients of gradients).
 Only this module imports torch: `import rnncore` stays torch-free.
 """
@@ -36,6 +38,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _core, _registry
+from . import cuda as _cuda_path
 from . import modules as _numpy_modules
 
 __all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "InputError"]
@@ -69,17 +72,22 @@ class _Engine:
         # on the same memory (an in-place update keeps both; .to(), .data = ... change memory).
         self.views = None
 
-    def acquire(self, dtype):
+    def acquire(self, dtype, device=None):
+        # Stacks of the CUDA path (device: a CUDA torch.device) are pooled apart by device.
+        key = dtype if device is None else (dtype, str(device))
         with self._lock:
             for i in range(len(self._free) - 1, -1, -1):
-                if self._free[i][0] == dtype:
+                if self._free[i][0] == key:
                     return self._free.pop(i)[1]
+        if device is not None:
+            return _cuda_path.CudaStack(*self._args, dtype)
         return _core.Stack(*self._args, dtype)
 
-    def release(self, dtype, stack):
+    def release(self, dtype, stack, device=None):
+        key = dtype if device is None else (dtype, str(device))
         with self._lock:
             if len(self._free) < _MAX_FREE_STACKS:
-                self._free.append((dtype, stack))
+                self._free.append((key, stack))
 
     def clear(self):
         with self._lock:
@@ -95,12 +103,25 @@ class _Engine:
 
 class _Call:
     """What one forward call hands to _StackFunction besides the tensors."""
-    __slots__ = ("engine", "names", "dtype", "params", "lengths", "dropout", "seed", "stack")
+    __slots__ = ("engine", "names", "dtype", "params", "lengths", "dropout", "seed", "stack",
+                 "device")
 
-    def __init__(self, engine, names, dtype, params, lengths, dropout, seed):
+    def __init__(self, engine, names, dtype, params, lengths, dropout, seed, device=None):
         self.engine, self.names, self.dtype, self.params = engine, names, dtype, params
         self.lengths, self.dropout, self.seed = lengths, dropout, seed
         self.stack = None  # the Stack holding this call's workspace until its backward
+        self.device = device  # a CUDA torch.device for the CUDA path, else None
+
+    def acquire(self):
+        if self.device is None:
+            return self.engine.acquire(self.dtype)
+        return self.engine.acquire(self.dtype, self.device)
+
+    def release(self, stack):
+        if self.device is None:
+            self.engine.release(self.dtype, stack)
+        else:
+            self.engine.release(self.dtype, stack, self.device)
 
     def run(self, stack, x, h0, c0, training):
         return stack.forward(_view(x), self.params, h0=_view(h0), c0=_view(c0),
@@ -109,12 +130,15 @@ class _Call:
 
 
 def _view(t):
-    """The numpy view of a contiguous CPU tensor (None stays None)."""
-    return None if t is None else t.detach().numpy()
+    """The numpy view of a contiguous CPU tensor; CUDA tensors go to the CUDA path as they are
+    (None stays None)."""
+    if t is None:
+        return None
+    return t.detach() if t.is_cuda else t.detach().numpy()
 
 
 def _tensor(a):
-    return None if a is None else torch.from_numpy(a)
+    return None if a is None or isinstance(a, torch.Tensor) else torch.from_numpy(a)
 
 
 class _StackFunction(torch.autograd.Function):
@@ -125,11 +149,11 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call, x, h0, c0, *weights):
-        stack = call.engine.acquire(call.dtype)
+        stack = call.acquire()
         try:
             y, h_n, c_n = call.run(stack, x, h0, c0, training=True)
         except BaseException:
-            call.engine.release(call.dtype, stack)
+            call.release(stack)
             raise
         call.stack = stack
         ctx.call = call
@@ -137,7 +161,7 @@ class _StackFunction(torch.autograd.Function):
         # (an optimiser step between forward and backward, say), and for a recompute.
         ctx.save_for_backward(x, h0, c0, *weights)
         ctx.set_materialize_grads(False)
-        return torch.from_numpy(y), torch.from_numpy(h_n), _tensor(c_n)
+        return _tensor(y), _tensor(h_n), _tensor(c_n)
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
@@ -153,26 +177,27 @@ class _StackFunction(torch.autograd.Function):
         x, h0, c0, *weights = ctx.saved_tensors
         stack, call.stack = call.stack, None
         if stack is None:  # this graph's backward already ran once (retain_graph=True)
-            stack = call.engine.acquire(call.dtype)
+            stack = call.acquire()
             try:
                 call.run(stack, x, h0, c0, training=True)
             except BaseException:
-                call.engine.release(call.dtype, stack)
+                call.release(stack)
                 raise
-        grads = {name: np.zeros(tuple(w.shape), call.dtype) for name, w in zip(call.names, weights)}
+        grads = {name: torch.zeros_like(w) if w.is_cuda else np.zeros(tuple(w.shape), call.dtype)
+                 for name, w in zip(call.names, weights)}
         try:
             dx, dh0, dc0 = stack.backward(
                 None if dy is None else _view(dy.contiguous()), call.params, grads,
                 dh_n=None if dh_n is None else _view(dh_n.contiguous()),
                 dc_n=None if dc_n is None else _view(dc_n.contiguous()))
         finally:
-            call.engine.release(call.dtype, stack)
+            call.release(stack)
         needs = ctx.needs_input_grad
         out = [None,
-               torch.from_numpy(dx) if needs[1] else None,
-               torch.from_numpy(dh0) if needs[2] else None,
+               _tensor(dx) if needs[1] else None,
+               _tensor(dh0) if needs[2] else None,
                _tensor(dc0) if needs[3] else None]
-        out.extend(torch.from_numpy(grads[name]) if need else None
+        out.extend(_tensor(grads[name]) if need else None
                    for name, need in zip(call.names, needs[4:]))
         return tuple(out)
 
@@ -189,6 +214,11 @@ def _check_size(name, value):
     if value <= 0:
         raise ValueError(f"{name} must be greater than zero, got {value}")
     return int(value)
+
+
+def _cuda_tensor_ok(t):
+    """Whether t is a CUDA tensor that rnncore's CUDA path can run on here."""
+    return t.device.type == "cuda" and _cuda_path.cuda_available()
 
 
 class _RNNBase(torch.nn.Module):
@@ -290,11 +320,12 @@ class _RNNBase(torch.nn.Module):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{self._name()}: {what} must be a torch.Tensor, got "
                             f"{type(t).__name__}")
-        if t.device.type != "cpu":
+        if t.device.type != "cpu" and not _cuda_tensor_ok(t):
             raise NotImplementedError(
-                f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), but "
-                f"{what} is on {t.device}; move the module and its inputs to the CPU (.cpu()), "
-                f"or use a torch.nn layer on {t.device}")
+                f"{self._name()} runs on CPU tensors only (and CUDA tensors with rnncore's CUDA "
+                f"path: {_cuda_path.cuda_status()}), but {what} is on {t.device}; move the "
+                f"module and its inputs to the CPU (.cpu()), or use a torch.nn layer on "
+                f"{t.device}")
         if t.dtype != dtype:
             raise ValueError(f"{self._name()}: {what} dtype ({t.dtype}) does not match weight "
                              f"dtype ({dtype}); convert it with .to({dtype}), or the module "
@@ -316,15 +347,17 @@ class _RNNBase(torch.nn.Module):
             raise TypeError(f"{self._name()} computes in float32 or float64; its parameters are "
                             f"{dtype} (convert with .float() or .double())")
         for name, w in zip(self._flat_weights_names, weights):
-            if w.device.type != "cpu":
+            if w.device != weights[0].device or (w.device.type != "cpu" and
+                                                 not _cuda_tensor_ok(w)):
                 raise NotImplementedError(
-                    f"{self._name()} runs on CPU tensors only (rnncore has no CUDA build yet), "
-                    f"but its parameter {name} is on {w.device}; move the module to the CPU "
-                    f"(.cpu()), or use a torch.nn layer there")
+                    f"{self._name()} runs on CPU tensors only (and CUDA tensors of one device "
+                    f"with rnncore's CUDA path: {_cuda_path.cuda_status()}), but its parameter "
+                    f"{name} is on {w.device} (the first on {weights[0].device}); move the "
+                    f"module to one device (.cpu()), or use a torch.nn layer there")
             if w.dtype != dtype:
                 raise TypeError(f"{self._name()}: parameter {name} is {w.dtype}, the others "
                                 f"{dtype}; all parameters must have one dtype")
-        params = {name: w.detach().contiguous().numpy()
+        params = {name: _view(w.detach().contiguous())
                   for name, w in zip(self._flat_weights_names, weights)}
         if all(w.is_contiguous() for w in weights):
             self._engine.views = (weights, [w.data_ptr() for w in weights], dtype, params)
@@ -403,19 +436,24 @@ class _RNNBase(torch.nn.Module):
 
         dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
         seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout > 0 else 0
+        if (x.device != weights[0].device or
+                any(s is not None and s.device != x.device for s in states)):
+            raise NotImplementedError(
+                f"{self._name()}: input, states and parameters must be on one device, got input "
+                f"on {x.device} and parameters on {weights[0].device}")
         call = _Call(self._engine, self._flat_weights_names, _NUMPY_DTYPES[dtype], params,
-                     lengths, dropout, seed)
+                     lengths, dropout, seed, x.device if x.is_cuda else None)
         record = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or any(s is not None and s.requires_grad for s in states))
         if record:
             y, h_n, c_n = _StackFunction.apply(call, x, h0, c0, *weights)
         else:  # no graph: inference (dropout, when active, still runs the training forward)
-            stack = self._engine.acquire(call.dtype)
+            stack = call.acquire()
             try:
                 y, h_n, c_n = map(_tensor, call.run(stack, x, h0, c0, dropout > 0))
             finally:
-                self._engine.release(call.dtype, stack)
+                call.release(stack)
 
         out_states = [h_n, c_n][:len(names)]
         if packed:
