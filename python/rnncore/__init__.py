@@ -8,6 +8,7 @@ README.md and docs/.
 from ._core import get_num_threads, set_num_threads
 from ._core import __version__  # compiled in from CMakeLists.txt's project(VERSION), as is the wheel's
 from ._base import no_grad, parameters_changed
+from .cuda import cuda_available, cuda_status
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNNCell
 
@@ -25,7 +26,7 @@ __all__ = [
     "set_num_threads", "get_num_threads", "PendingStepsWarning", "no_grad", "parameters_changed",
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
-    "attention", "seq2seq",
+    "attention", "seq2seq", "cuda_available", "cuda_status",
 ]
 
 

@@ -209,7 +209,7 @@ class Module:
 
     def zero_grad(self):
         for g in self.grads.values():
-            g.fill(0)
+            g[...] = 0  # also for device arrays (rnncore.cuda)
 
     def parameters_changed(self):
         """Call after writing this module's parameter arrays in place by hand (rnncore's

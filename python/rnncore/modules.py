@@ -255,10 +255,6 @@ class _RNNBase(Module):
     def cpu(self):
         return self.to("cpu")
 
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0  # numpy, torch and CuPy arrays alike
-
     def __repr__(self):
         opts = [f"{self.input_size}", f"{self.hidden_size}"]
         if self.num_layers != 1:
