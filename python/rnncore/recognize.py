@@ -171,8 +171,8 @@ def add_arguments(ap):
     ap.add_argument("--pyramid", action="store_true", help="pyramid encoder: the layers above "
                     "the first read pairs of frames (half the steps per layer)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--clip", type=float, default=5.0, help="max global gradient norm")
     ap.add_argument("--eval-size", type=int, default=1000, help="held-out strings")
     ap.add_argument("--beam", type=int, default=8, help="beam width of the decoded samples")
