@@ -5,12 +5,15 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "rnncore/activations.hpp"
 #include "rnncore/runtime.hpp"
 
 namespace rnncore {
@@ -19,28 +22,57 @@ namespace {
 
 std::string at(const char* name, Index b) { return std::string(name) + "[" + std::to_string(b) + "]"; }
 
-// log(exp(a) + exp(b) + exp(c)) for a, b, c <= 0 or -inf, without overflow and without NaN
-// when all three are -inf.
+// Natural log of a positive normal float, branch-free so that loops over states vectorise (the
+// C library's logf is a call per element). x = m 2^e with m in [sqrt(1/2), sqrt(2)), then
+// log(1 + f) with f = m - 1 by Cephes' minimax polynomial; max. relative error ~1e-7. Only the
+// sums of log_add3 reach it, which lie in [1, 3] (or are masked out). It lives here rather
+// than in activations.hpp because nothing else needs a log.
+RNNCORE_HD float log_impl(float x) {
+  int32_t bits = std::bit_cast<int32_t>(x);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
+  const bool low = m < 0.707106781f;
+  e = low ? e - 1 : e;
+  float f = low ? m + m - 1.0f : m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float fe = float(e);
+  float y = p * f * z + fe * -2.12194440e-4f - 0.5f * z;
+  return (f + y) + fe * 0.693359375f;
+}
+RNNCORE_HD double log_impl(double x) { return std::log(x); }
+
+// log(exp(a) + exp(b) + exp(c)) for a, b, c <= 0 or -inf: no overflow, and -inf (not NaN) when
+// all three are -inf. Written without selects on the result so that a loop of it vectorises
+// (GCC would not if-convert them here): the shift is the max, or the lowest finite number when
+// the max is -inf, and the last term, m - shift, is exactly 0 or -inf. (float's exp_impl
+// returns e^-87, not 0, for -inf: next to the max term's 1 that is below rounding.)
 template <class T>
-T log_add3(T a, T b, T c) {
+RNNCORE_HD T log_add3(T a, T b, T c) {
   const T m = std::max(a, std::max(b, c));
-  if (m == -std::numeric_limits<T>::infinity()) return m;
-  return m + std::log(std::exp(a - m) + std::exp(b - m) + std::exp(c - m));
+  const T shift = std::max(m, std::numeric_limits<T>::lowest());
+  const T sum = act::exp_impl(a - shift) + act::exp_impl(b - shift) + act::exp_impl(c - shift);
+  return (shift + log_impl(sum)) + (m - shift);
 }
 
-template <class T>
-T log_add2(T a, T b) {
-  const T m = std::max(a, b);
-  if (m == -std::numeric_limits<T>::infinity()) return m;
-  return m + std::log(std::exp(a - m) + std::exp(b - m));
-}
-
-// The buffers of one sample; reused across the samples a thread handles.
+// The buffers of one sample; reused across the samples a thread handles. alpha and beta rows
+// carry two -inf pads (alpha before s = 0, beta after s = L - 1) so the recursions read their
+// neighbours without branches; skip[s] is 0 where alpha may come from s - 2 and -inf where not.
 template <class T>
 struct Scratch {
-  std::vector<Index> label;     // (L) l'_s
-  std::vector<char> can_skip;   // (L) whether alpha_t(s) may come from s-2
-  std::vector<T> alpha, beta;   // (T_b, L)
+  std::vector<Index> label;   // (L) l'_s
+  std::vector<T> skip;        // (L + 2), pads -inf
+  std::vector<T> emit;        // (T_b, L) y_t(l'_s)
+  std::vector<T> alpha, beta; // (T_b, L + 2)
+  std::vector<T> occ;         // (L) alpha + beta, then exp of it minus its class's max
   std::vector<T> class_max, class_sum;  // (C)
 };
 
@@ -49,38 +81,38 @@ void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target
                 Index target_len, Index b, Index blank, bool zero_infinity, T* loss, T* grad,
                 T scale, Scratch<T>& w) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const Index B = shape.batch, C = shape.classes, L = 2 * target_len + 1;
-  auto y = [&](Index t, Index k) { return log_probs[(t * B + b) * C + k]; };
+  const Index B = shape.batch, C = shape.classes, L = 2 * target_len + 1, W = L + 2;
+  auto row = [&](Index t) { return log_probs + (t * B + b) * C; };
 
   w.label.assign(L, blank);
-  w.can_skip.assign(L, 0);
+  w.skip.assign(W, kNegInf);
   for (Index s = 1; s < L; s += 2) {
     w.label[s] = Index(target[s / 2]);
-    w.can_skip[s] = s >= 2 && w.label[s] != w.label[s - 2];
+    if (s >= 2 && w.label[s] != w.label[s - 2]) w.skip[s] = 0;
   }
   const Index* lab = w.label.data();
-  const char* skip = w.can_skip.data();
+  const T* skip = w.skip.data();
+  w.emit.resize(time * L);
+  for (Index t = 0; t < time; ++t)
+    for (Index s = 0; s < L; ++s) w.emit[t * L + s] = row(t)[lab[s]];
 
-  w.alpha.assign(time * L, kNegInf);
+  // alpha: row t at alpha + t * W, state s at [s + 2].
+  w.alpha.assign(time * W, kNegInf);
   T* alpha = w.alpha.data();
-  alpha[0] = y(0, blank);
-  if (L > 1) alpha[1] = y(0, lab[1]);
+  alpha[2] = w.emit[0];
+  if (L > 1) alpha[3] = w.emit[1];
   for (Index t = 1; t < time; ++t) {
-    const T* prev = alpha + (t - 1) * L;
-    T* cur = alpha + t * L;
-    // Only states from which the end is still reachable and which the start can reach matter;
-    // the others stay -inf by the recursion itself, so no window is needed for correctness.
-    for (Index s = 0; s < L; ++s) {
-      const T a1 = s >= 1 ? prev[s - 1] : kNegInf;
-      const T a2 = skip[s] ? prev[s - 2] : kNegInf;
-      cur[s] = y(t, lab[s]) + log_add3(prev[s], a1, a2);
-    }
+    const T* prev = alpha + (t - 1) * W;
+    T* cur = alpha + t * W + 2;
+    const T* e = w.emit.data() + t * L;
+#pragma omp simd
+    for (Index s = 0; s < L; ++s)
+      cur[s] = e[s] + log_add3(prev[s + 2], prev[s + 1], prev[s] + skip[s]);
   }
-  const T* last = alpha + (time - 1) * L;
-  const T log_likelihood = L > 1 ? log_add2(last[L - 1], last[L - 2]) : last[0];
-  T nll = -log_likelihood;
-  const bool impossible = std::isinf(nll) && nll > 0;
-  if (impossible && zero_infinity) nll = 0;
+  const T* last = alpha + (time - 1) * W + 2;
+  const T nll_raw = -(L > 1 ? log_add3(last[L - 1], last[L - 2], kNegInf) : last[0]);
+  const bool impossible = nll_raw == std::numeric_limits<T>::infinity();
+  const T nll = impossible && zero_infinity ? T(0) : nll_raw;
   *loss = nll;
   if (grad == nullptr) return;
 
@@ -93,42 +125,51 @@ void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target
     return;
   }
 
-  w.beta.assign(time * L, kNegInf);
+  // beta: row t at beta + t * W, state s at [s] (pads at L, L + 1).
+  w.beta.assign(time * W, kNegInf);
   T* beta = w.beta.data();
-  T* end = beta + (time - 1) * L;
-  end[L - 1] = y(time - 1, blank);
-  if (L > 1) end[L - 2] = y(time - 1, lab[L - 2]);
+  T* end = beta + (time - 1) * W;
+  end[L - 1] = w.emit[(time - 1) * L + L - 1];
+  if (L > 1) end[L - 2] = w.emit[(time - 1) * L + L - 2];
   for (Index t = time - 2; t >= 0; --t) {
-    const T* next = beta + (t + 1) * L;
-    T* cur = beta + t * L;
-    for (Index s = 0; s < L; ++s) {
-      const T b1 = s + 1 < L ? next[s + 1] : kNegInf;
-      const T b2 = s + 2 < L && skip[s + 2] ? next[s + 2] : kNegInf;
-      cur[s] = y(t, lab[s]) + log_add3(next[s], b1, b2);
-    }
+    const T* next = beta + (t + 1) * W;
+    T* cur = beta + t * W;
+    const T* e = w.emit.data() + t * L;
+#pragma omp simd
+    for (Index s = 0; s < L; ++s)
+      cur[s] = e[s] + log_add3(next[s], next[s + 1], next[s + 2] + skip[s + 2]);
   }
 
   // Per frame and class: log of the summed alpha*beta over the states of that class, as a
   // two-pass log-sum-exp (max, then sum) so that no class loses precision to another.
+  w.occ.resize(L);
   w.class_max.resize(C);
   w.class_sum.resize(C);
+  T* occ = w.occ.data();
+  T* cmax = w.class_max.data();
+  T* csum = w.class_sum.data();
   for (Index t = 0; t < time; ++t) {
-    const T* a = alpha + t * L;
-    const T* bt = beta + t * L;
-    std::fill(w.class_max.begin(), w.class_max.end(), kNegInf);
-    std::fill(w.class_sum.begin(), w.class_sum.end(), T(0));
-    for (Index s = 0; s < L; ++s) w.class_max[lab[s]] = std::max(w.class_max[lab[s]], a[s] + bt[s]);
+    const T* a = alpha + t * W + 2;
+    const T* bt = beta + t * W;
+    std::fill_n(cmax, C, kNegInf);
+    std::fill_n(csum, C, T(0));
+#pragma omp simd
+    for (Index s = 0; s < L; ++s) occ[s] = a[s] + bt[s];
+    for (Index s = 0; s < L; ++s) cmax[lab[s]] = std::max(cmax[lab[s]], occ[s]);
+#pragma omp simd
     for (Index s = 0; s < L; ++s) {
-      const T m = w.class_max[lab[s]];
-      if (m != kNegInf) w.class_sum[lab[s]] += std::exp(a[s] + bt[s] - m);
+      const T m = cmax[lab[s]];
+      occ[s] = act::exp_impl(occ[s] - (m == kNegInf ? T(0) : m));
     }
+    for (Index s = 0; s < L; ++s) csum[lab[s]] += occ[s];
+    const T* y = row(t);
     T* g = grad + (t * B + b) * C;
+#pragma omp simd
     for (Index k = 0; k < C; ++k) {
-      const T yk = y(t, k);
-      T occupancy = 0;  // posterior of class k at frame t
-      if (w.class_max[k] != kNegInf)
-        occupancy = std::exp(w.class_max[k] + std::log(w.class_sum[k]) + nll - yk);
-      g[k] = scale * (std::exp(yk) - occupancy);
+      // posterior of class k at frame t: exp(-inf), i.e. 0 (float: e^-87), for a class that
+      // no state of this target has (no select, so that the loop vectorises)
+      const T posterior = act::exp_impl(cmax[k] + log_impl(csum[k]) + nll - y[k]);
+      g[k] = scale * (act::exp_impl(y[k]) - posterior);
     }
   }
 }
