@@ -5,7 +5,11 @@ backward), in one process, on the same log-probabilities.
 
 The values and gradients are checked equal first. Then blocks alternate between the two
 (rnncore, torch, rnncore, ...), each block the median of `--reps` calls, and the medians of the
-block times are reported with their ratio (lower is better for rnncore)."""
+block times are reported with their ratio (lower is better for rnncore).
+
+--encoders also times one training update of `rnncore train recognize` (forward, CTC,
+backward, no optimiser step) with a plain bidirectional LSTM stack against the pyramid encoder
+of the same depth, on the same batches, block-alternating: the pyramid's speed-up."""
 import argparse
 import statistics
 import time
@@ -23,6 +27,8 @@ def main():
     ap.add_argument("--blocks", type=int, default=15)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--encoders", action="store_true", help="also time recognize's encoders")
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 3])
     args = ap.parse_args()
 
     import torch
@@ -75,6 +81,37 @@ def main():
     print(f"CTC loss+gradient T={T} B={B} C={C} S={S} {args.dtype}, {args.threads} threads: "
           f"rnncore {a:.3f} ms, torch {b:.3f} ms, ratio {a / b:.2f} "
           f"(rnncore {rnncore.__version__}, torch {torch.__version__})")
+
+    if args.encoders:
+        for layers in args.layers:
+            encoder_speedup(layers, args, block)
+
+
+def encoder_speedup(layers, args, block):
+    from rnncore.ctc import ctc_loss, log_softmax
+    from rnncore.recognize import ALPHABET, Recognizer, make_batch
+
+    rng = np.random.default_rng(1)
+    batches = [make_batch(rng, 32, ALPHABET, 3, 10) for _ in range(4)]
+    models = {name: Recognizer(hidden=96, layers=layers, pyramid=name == "pyramid")
+              for name in ("plain", "pyramid")}
+
+    def update(model):
+        def run():
+            for x, widths, labels, _ in batches:
+                logits, lengths = model(x, widths)
+                _, dlogits = ctc_loss(log_softmax(logits), labels, lengths, zero_infinity=True)
+                model.zero_grad()
+                model.backward(dlogits)
+        return run
+
+    times = {name: [] for name in models}
+    for _ in range(args.blocks):
+        for name, model in models.items():
+            times[name].append(block(update(model)) / len(batches))
+    plain, pyramid = (statistics.median(times[n]) * 1e3 for n in ("plain", "pyramid"))
+    print(f"recognize update (batch 32, 3-10 characters, hidden 96), {layers} layers: plain "
+          f"BiLSTM stack {plain:.2f} ms, pyramid {pyramid:.2f} ms, speed-up {plain / pyramid:.2f}x")
 
 
 if __name__ == "__main__":
