@@ -2,11 +2,8 @@
 // recursions of a sample are sequential in t, and samples are independent.
 #include "rnncore/ctc.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <bit>
-#include <cstring>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -20,12 +17,15 @@ namespace rnncore {
 
 namespace {
 
-std::string at(const char* name, Index b) { return std::string(name) + "[" + std::to_string(b) + "]"; }
+std::string at(const char* name, Index b) {
+  return std::string(name) + "[" + std::to_string(b) + "]";
+}
 
 // Natural log of a positive normal float, branch-free so that loops over states vectorise (the
 // C library's logf is a call per element). x = m 2^e with m in [sqrt(1/2), sqrt(2)), then
-// log(1 + f) with f = m - 1 by Cephes' minimax polynomial; max. relative error ~1e-7. Only the
-// sums of log_add3 reach it, which lie in [1, 3] (or are masked out). It lives here rather
+// log(1 + f) with f = m - 1 by Cephes' minimax polynomial; max. relative error ~1e-7. Its
+// arguments are sums of exponentials shifted by their max, so they lie in [1, L]; a 0 (a class
+// absent from the target) gives a finite value that is added to -inf. It lives here rather
 // than in activations.hpp because nothing else needs a log.
 RNNCORE_HD float log_impl(float x) {
   int32_t bits = std::bit_cast<int32_t>(x);

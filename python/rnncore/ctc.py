@@ -41,9 +41,9 @@ def log_softmax(logits, axis=-1):
 def _int_array(name, value, ndim=None):
     a = to_numpy(value)
     if a.dtype.kind not in "iu":
-        if a.dtype.kind == "b" or a.size or a.dtype.kind not in "f":
+        if a.size or a.dtype.kind != "f":  # np.asarray([]) is float64: an empty list is fine
             raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
-        a = a.astype(np.int64)  # an empty list arrives as float64
+        a = a.astype(np.int64)
     if ndim is not None and a.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimension(s), got "
                          f"shape {a.shape}")
