@@ -138,7 +138,8 @@ class Recognizer(Model):
         self.encoder.backward(self.head.backward(dlogits))
 
     def decode(self, x, widths, beam_width=1):
-        """Strings read from a batch of columns (greedy when beam_width == 1)."""
+        """Class ids (1-based into the alphabet) read from a batch of columns: greedy decoding
+        when beam_width == 1, else the best of a prefix beam search."""
         from .ctc import greedy_decode, log_softmax, prefix_beam_search
         logits, lengths = self.forward(x, widths)
         if beam_width == 1:
