@@ -17,12 +17,15 @@ def _explicit_pairs(y):
     return out
 
 
-@pytest.mark.parametrize("cell, T, layers", [("lstm", 13, 3), ("gru", 8, 2), ("lstm", 5, 4)])
+@pytest.mark.parametrize("cell, T, layers", [("lstm", 13, 3), ("gru", 8, 2), ("lstm", 5, 4),
+                                             (rnncore.GRU, 6, 3)])
 def test_matches_plain_layers_and_explicit_pairing(rng, cell, T, layers):
     B, I, H = 3, 4, 5
     enc = PyramidEncoder(I, H, num_layers=layers, cell=cell, dtype=np.float64, seed=1)
-    plain = [rnncore._registry.make_module(cell, I if k == 0 else 4 * H, H, bidirectional=True,
-                                           dtype=np.float64) for k in range(layers)]
+    make = (lambda *a, **kw: rnncore._registry.make_module(cell, *a, **kw)) \
+        if isinstance(cell, str) else cell
+    plain = [make(I if k == 0 else 4 * H, H, bidirectional=True, dtype=np.float64)
+             for k in range(layers)]
     for k, m in enumerate(plain):
         m.load_state_dict(enc.layers[k].state_dict())
     x = rng.standard_normal((T, B, I))

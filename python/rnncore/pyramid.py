@@ -27,6 +27,7 @@ import numpy as np
 from ._base import positive_int
 from ._registry import make_module
 from .model import Model
+from .modules import LSTM
 
 
 def halve_lengths(lengths):
@@ -52,12 +53,13 @@ def unpair_frames(dx, T):
 
 
 class PyramidEncoder(Model):
-    """num_layers recurrent layers of registry cell `cell`; the ones above the first halve the
-    time steps by pairing neighbouring frames (see the module docstring for the odd-length
-    rule). Children "layer0", "layer1", ...: each a one-layer rnncore module, so parameter names
-    are "layer1.weight_ih_l0" and so on."""
+    """num_layers recurrent layers; the ones above the first halve the time steps by pairing
+    neighbouring frames (see the module docstring for the odd-length rule). cell: a registry
+    cell name (e.g. "gru") or an rnncore sequence module class (default rnncore.LSTM).
+    Children "layer0", "layer1", ...: each a one-layer rnncore module, so parameter names are
+    "layer1.weight_ih_l0" and so on."""
 
-    def __init__(self, input_size, hidden_size, num_layers=3, cell="lstm", bidirectional=True,
+    def __init__(self, input_size, hidden_size, num_layers=3, cell=LSTM, bidirectional=True,
                  dtype=np.float32, seed=None):
         super().__init__()
         positive_int("input_size", input_size)
@@ -65,14 +67,16 @@ class PyramidEncoder(Model):
         self.num_layers = positive_int("num_layers", num_layers)
         self.hidden_size = int(hidden_size)
         self.output_size = (2 if bidirectional else 1) * self.hidden_size
+        by_name = isinstance(cell, str)
         self.config = dict(input_size=int(input_size), hidden_size=int(hidden_size),
-                           num_layers=self.num_layers, cell=cell, bidirectional=bool(bidirectional),
-                           dtype=np.dtype(dtype).name)
+                           num_layers=self.num_layers, cell=cell if by_name else cell.__name__,
+                           bidirectional=bool(bidirectional), dtype=np.dtype(dtype).name)
         for k in range(self.num_layers):
             size = input_size if k == 0 else 2 * self.output_size
-            self.add_module(f"layer{k}", make_module(
-                cell, size, hidden_size, bidirectional=bidirectional, dtype=dtype,
-                seed=None if seed is None else seed + k))
+            options = dict(bidirectional=bidirectional, dtype=dtype,
+                           seed=None if seed is None else seed + k)
+            self.add_module(f"layer{k}", make_module(cell, size, hidden_size, **options)
+                            if by_name else cell(size, hidden_size, **options))
         self._frames = None
 
     @property

@@ -113,8 +113,8 @@ class Recognizer(Model):
     def __init__(self, alphabet=ALPHABET, hidden=96, layers=2, pyramid=False, seed=0,
                  dtype=np.float32):
         super().__init__()
-        from ._registry import make_module
         from .layers import Linear
+        from .modules import LSTM
         from .pyramid import PyramidEncoder
         self.alphabet = alphabet
         self.config = dict(alphabet=alphabet, hidden=int(hidden), layers=int(layers),
@@ -123,8 +123,8 @@ class Recognizer(Model):
             self.encoder = PyramidEncoder(HEIGHT, hidden, num_layers=layers, dtype=dtype,
                                           seed=seed)
         else:
-            self.encoder = make_module("lstm", HEIGHT, hidden, num_layers=layers,
-                                       bidirectional=True, dtype=dtype, seed=seed)
+            self.encoder = LSTM(HEIGHT, hidden, num_layers=layers, bidirectional=True,
+                                dtype=dtype, seed=seed)
         self.head = Linear(2 * hidden, 1 + len(alphabet), dtype=dtype, seed=seed + 100)
 
     def forward(self, x, widths):
