@@ -675,6 +675,8 @@ py::object matmul(const py::object& a_obj, const py::object& b_obj, const py::ob
 
 }  // namespace
 
+void bind_ctc(py::module_& m);  // bindings/ctc.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnncore C++ core (internal; use the rnncore package)";
   py::class_<Stack>(m, "Stack",
@@ -741,6 +743,7 @@ PYBIND11_MODULE(_core, m) {
         }, py::arg("threads") = 0, py::arg("seconds") = 0.2,
         "Measured FMA throughput of the machine now, GFLOP/s, on `threads` threads (0: rnncore's "
         "count); the benchmarks' yardstick.");
+  bind_ctc(m);
   m.def("set_num_threads", &rnncore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &rnncore::get_num_threads);
   // The registry (cells.hpp), which the Python layer reads instead of keeping a list of its own.
