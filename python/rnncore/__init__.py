@@ -15,7 +15,8 @@ from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNN
 # the training layer: blocks, composition, losses, optimisers, truncated BPTT, checkpoints
 from . import checkpoint, diagnostics, losses, optim, tbptt
 # the lectures' applications
-from . import attention, seq2seq
+from . import attention, ctc, seq2seq
+from .pyramid import PyramidEncoder
 from .gradcheck import check_gradients
 from .layers import Dropout, Embedding, LayerNorm, Linear
 from .model import Model, Sequential
@@ -26,7 +27,7 @@ __all__ = [
     "set_num_threads", "get_num_threads", "PendingStepsWarning", "no_grad", "parameters_changed",
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
-    "attention", "seq2seq", "cuda_available", "cuda_status",
+    "attention", "ctc", "seq2seq", "PyramidEncoder", "cuda_available", "cuda_status",
 ]
 
 

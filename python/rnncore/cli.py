@@ -7,6 +7,7 @@
     rnncore train sentiment         many-to-one classifier: word order decides the label
     rnncore train trigger           many-to-many trigger-word detection on spectrograms
     rnncore train caption           one-to-many captioning with attention over image regions
+    rnncore train recognize         text-line recognition with CTC (BiLSTM or pyramid encoder)
     rnncore sample CHECKPOINT       generate text from a language-model checkpoint
     rnncore experiment adding|copy  the lectures' long-range experiments, every cell compared
     rnncore bench [flags]           rnncore against PyTorch (and onnxruntime), side by side
@@ -29,6 +30,7 @@ COMMANDS = {
         "sentiment": ("rnncore.sentiment", "many-to-one classifier: word order decides the label"),
         "trigger": ("rnncore.trigger", "many-to-many trigger-word detection on spectrograms"),
         "caption": ("rnncore.caption", "one-to-many captioning with attention over regions"),
+        "recognize": ("rnncore.recognize", "text-line recognition with CTC: BiLSTM or pyramid encoder"),
     },
     "experiment": {
         "adding": ("rnncore.experiments", "the adding problem: every cell on the same budget"),
