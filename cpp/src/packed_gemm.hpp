@@ -16,10 +16,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
+#include "bf16_gemm.hpp"
 #include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
+#include "rnncore/runtime.hpp"
 #include "team.hpp"
 #include "thread_split.hpp"
 
@@ -76,13 +79,30 @@ class PackedWeights {
  public:
   Index n = 0, k = 0, panels = 0;
   Buffer<T> data;
+  // With the calling thread's precision (runtime.hpp) kBf16 and a bf16 kernel on this CPU, a
+  // float pack is bf16 (bf16_gemm.hpp): `bf16` holds it, `data` is empty and panels counts
+  // kBf16Lanes-wide panels. The pack, not the thread that multiplies, decides the arithmetic.
+  bool is_bf16 = false;
+  Bf16Panels bf16;
 
   // row(c) points at W row c (output column c); its kk-th value is row(c)[kk * k_stride].
   // With k_stride != 1, W is the transpose of a row-major matrix: row(c) must be row(0) + c.
   template <class RowFn>
   void pack(Index n_, Index k_, RowFn row, Index k_stride) {
     constexpr int L = kLanes<T>;
-    n = n_, k = k_, panels = (n + L - 1) / L;
+    n = n_, k = k_;
+    is_bf16 = std::is_same_v<T, float> && current_precision() == Precision::kBf16 &&
+              bf16_kernel() != Bf16Kernel::kNone;
+    if constexpr (std::is_same_v<T, float>) {
+      if (is_bf16) {
+        panels = (n + kBf16Lanes - 1) / kBf16Lanes;
+        data.clear();
+        bf16.pack(n, k, row, k_stride, panels);
+        return;
+      }
+      bf16.words.clear();
+    }
+    panels = (n + L - 1) / L;
     data.resize(panels * k * L);
     for (Index q = 0; q < panels; ++q) {
       T* dst = data.data() + q * k * L;
@@ -215,6 +235,13 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
       for (Index r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + w.n, T(0));
     return;
   }
+#if RNNCORE_HAVE_BF16_KERNEL
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.is_bf16)
+      return bf16_packed_gemm(m, a, lda, w.bf16, w.n, w.k, w.panels, c, ldc, accumulate,
+                              kRowChunkBytes);
+  }
+#endif
   constexpr int MR = kMaxRows, Panels = panels_for_rows(MR), L = kLanes<T>;
   constexpr Index kKBlock = 256;
   const Index full = m / MR * MR, stride = w.k * L;
