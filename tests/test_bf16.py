@@ -176,6 +176,18 @@ def test_worker_threads_compute_in_bf16(bidirectional):
             assert dh0_diff[d][:, units].max() > 1e-5, f"{where}: dh0 not bf16"
 
 
+@needs_bf16
+def test_nan_stays_in_its_batch_row():
+    # A's rows are rounded one by one: a NaN in sequence 2 must not reach the others' outputs or
+    # their part of dx.
+    pr = problem("gru", 5, 4, 23, 37, seed=6)
+    pr["x"][1, 2, 5] = np.nan
+    out = run_stack("gru", dtype=np.float32, precision="bf16", **pr)
+    others = [0, 1, 3]
+    assert np.isfinite(out["y"][:, others]).all() and np.isfinite(out["dx"][:, others]).all()
+    assert np.isnan(out["y"][1:, 2]).all()
+
+
 def test_float32_default_unchanged_and_scope_does_not_leak(rng):
     # The default and an explicit precision="float32" are the same path, also after a bf16 call
     # on the same thread.
