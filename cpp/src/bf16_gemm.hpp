@@ -195,6 +195,11 @@ RNNCORE_BF16_TARGET inline void bf16_row_block(Index kp, const std::uint32_t* a,
   for (; q + Panels <= panels; q += Panels)
     bf16_micro_kernel<MR, Panels>(kp, a, lda, wp + q * panel_stride, panel_stride,
                                   q * kBf16Lanes, n, c, ldc, accumulate);
+  if constexpr (Panels > 2) {
+    for (; q + 2 <= panels; q += 2)
+      bf16_micro_kernel<MR, 2>(kp, a, lda, wp + q * panel_stride, panel_stride, q * kBf16Lanes,
+                               n, c, ldc, accumulate);
+  }
   for (; q < panels; ++q)
     bf16_micro_kernel<MR, 1>(kp, a, lda, wp + q * panel_stride, panel_stride, q * kBf16Lanes, n,
                              c, ldc, accumulate);
@@ -245,6 +250,12 @@ RNNCORE_BF16_TARGET inline void bf16_packed_gemm(Index m, const float* a, Index 
         for (Index r0 = 0; r0 < full; r0 += MR)
           bf16_micro_kernel<MR, Panels>(kp, ar + r0 * kp, kp, wp + q * stride, stride, q * L, n,
                                         cr + r0 * ldc, ldc, acc);
+      // The panels left over from the groups of Panels: two at a time, then one (a single
+      // panel pays MR broadcasts per MR products).
+      for (; q + 2 <= panels; q += 2)
+        for (Index r0 = 0; r0 < full; r0 += MR)
+          bf16_micro_kernel<MR, 2>(kp, ar + r0 * kp, kp, wp + q * stride, stride, q * L, n,
+                                   cr + r0 * ldc, ldc, acc);
       for (; q < panels; ++q)
         for (Index r0 = 0; r0 < full; r0 += MR)
           bf16_micro_kernel<MR, 1>(kp, ar + r0 * kp, kp, wp + q * stride, stride, q * L, n,
