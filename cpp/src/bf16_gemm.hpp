@@ -102,6 +102,21 @@ constexpr int bf16_panels_for_rows(int mr) {
 
 RNNCORE_BF16_TARGET inline __m512bh bf16_words(__m512i v) { return (__m512bh)v; }
 
+inline constexpr Index kBf16KBlock = 512;  // k values per block of bf16_packed_gemm (even)
+
+// The calling thread's buffer of rounded A rows: grown to the most any product can use (a row
+// chunk of about row_chunk_bytes, or one block of rows when a k-block's rows are wider) and kept
+// for the thread's later calls (the recurrent product calls the kernel once per time step).
+// PackedWeights::pack reserves it, so the threads of a time loop allocate while they pack, where
+// the drivers catch bad_alloc, never inside the loop.
+inline Buffer<std::uint32_t>& bf16_scratch(Index row_chunk_bytes) {
+  thread_local Buffer<std::uint32_t> scratch;
+  const std::size_t words = std::size_t(row_chunk_bytes) / sizeof(std::uint32_t) +
+                            std::size_t(kBf16MaxRows * kBf16KBlock / 2);
+  if (scratch.size() < words) scratch.resize(words);
+  return scratch;
+}
+
 // Rounds rows x kc of A (lda) to bf16 pairs, ld_pairs words per row (zero-padded odd kc).
 RNNCORE_BF16_TARGET inline void bf16_round_rows(Index rows, Index kc, const float* a, Index lda,
                                                 std::uint32_t* dst, Index ld_pairs) {
@@ -227,10 +242,8 @@ RNNCORE_BF16_TARGET inline void bf16_packed_gemm(Index m, const float* a, Index 
                                                  Index panels, float* c, Index ldc,
                                                  bool accumulate, Index row_chunk_bytes) {
   constexpr int MR = kBf16MaxRows, Panels = bf16_panels_for_rows(MR), L = kBf16Lanes;
-  constexpr Index kKBlock = 512;
-  // Rounded rows of A: per thread, grown to the largest chunk seen and kept for the next call
-  // (the recurrent product calls this once per time step).
-  thread_local Buffer<std::uint32_t> scratch;
+  constexpr Index kKBlock = kBf16KBlock;
+  Buffer<std::uint32_t>& scratch = bf16_scratch(row_chunk_bytes);
   const Index stride = w.k_pairs * L;
   for (Index k0 = 0; k0 < k; k0 += kKBlock) {
     const Index kc = std::min(kKBlock, k - k0), kp = (kc + 1) / 2;
@@ -238,8 +251,6 @@ RNNCORE_BF16_TARGET inline void bf16_packed_gemm(Index m, const float* a, Index 
     const std::uint32_t* wp = w.words.data() + (k0 / 2) * L;
     const Index chunk =
         std::max<Index>(MR, row_chunk_bytes / Index(sizeof(std::uint32_t) * kp) / MR * MR);
-    if (scratch.size() < std::size_t(std::min(chunk, m) * kp))
-      scratch.resize(std::size_t(std::min(chunk, m) * kp));
     for (Index c0 = 0; c0 < m; c0 += chunk) {
       const Index rows = std::min(chunk, m - c0), full = rows / MR * MR;
       bf16_round_rows(rows, kc, a + c0 * lda + k0, lda, scratch.data(), kp);

@@ -74,6 +74,11 @@ constexpr int panels_for_rows(int mr) {
 }
 inline constexpr int kMaxRows = kVectorRegisters >= 32 ? 8 : 6;
 
+// Bytes of A (a row chunk times one k-block) the packed kernel works on at a time, so that block
+// stays in L2 while every panel group of the weights passes over it: 256 KiB, an eighth of the
+// 2 MB L2 per core of the machine in bench/PROFILE.md. Chosen with that margin, not tuned.
+inline constexpr Index kRowChunkBytes = Index(1) << 18;
+
 template <class T>
 class PackedWeights {
  public:
@@ -98,6 +103,9 @@ class PackedWeights {
         panels = (n + kBf16Lanes - 1) / kBf16Lanes;
         data.clear();
         bf16.pack(n, k, row, k_stride, panels);
+#if RNNCORE_HAVE_BF16_KERNEL
+        bf16_scratch(kRowChunkBytes);
+#endif
         return;
       }
       bf16.words.clear();
@@ -214,10 +222,6 @@ void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>
   }
 }
 
-// Bytes of A (a row chunk times one k-block) the packed kernel works on at a time, so that block
-// stays in L2 while every panel group of the weights passes over it: 256 KiB, an eighth of the
-// 2 MB L2 per core of the machine in bench/PROFILE.md. Chosen with that margin, not tuned.
-inline constexpr Index kRowChunkBytes = Index(1) << 18;
 
 // C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k), A row-major (lda).
 // Blocking: k in blocks of kKBlock (a k-block of a panel group then fits in L1); rows in chunks
