@@ -137,7 +137,7 @@ void run_without_gil(F&& f) {
 class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
-        bool bidirectional, const py::object& dtype)
+        bool bidirectional, const py::object& dtype, const std::string& precision)
       : info_(rnncore::find_cell(cell)) {
     if (input_size <= 0 || hidden_size <= 0 || num_layers <= 0)
       throw py::value_error("input_size, hidden_size and num_layers must be positive, got " +
@@ -151,6 +151,11 @@ class Stack {
     if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
       throw py::value_error("dtype must be float32 or float64, got " + std::string(py::str(dt)));
     if (dt.itemsize() == 8) workspace_.emplace<rnncore::StackWorkspace<double>>();
+    if (precision == "bf16") precision_ = rnncore::Precision::kBf16;
+    else if (precision != "float32")
+      throw py::value_error("precision must be 'float32' or 'bf16', got '" + precision + "'");
+    if (precision_ == rnncore::Precision::kBf16 && dt.itemsize() != 4)
+      throw py::value_error("precision='bf16' needs dtype float32, got " + std::string(py::str(dt)));
   }
 
   py::tuple forward(const py::object& x, const py::dict& params, const py::object& h0,
@@ -190,6 +195,9 @@ class Stack {
     std::visit([](auto& ws) { ws.release(); }, workspace_);
   }
   std::string cell() const { return info_.name; }
+  std::string precision() const {
+    return precision_ == rnncore::Precision::kBf16 ? "bf16" : "float32";
+  }
   py::dtype dtype() const {
     return std::holds_alternative<rnncore::StackWorkspace<double>>(workspace_)
                ? py::dtype::of<double>()
@@ -286,6 +294,7 @@ class Stack {
     T* hnp = h_n.mutable_data();
     const rnncore::Dropout drop{dropout, seed};
     run_without_gil([&] {
+      const rnncore::PrecisionScope precision(precision_);
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         if (training)
@@ -322,6 +331,7 @@ class Stack {
     T* dh0p = dh0.mutable_data();
     ws.record_grad_norms = record_grad_norms;
     run_without_gil([&] {
+      const rnncore::PrecisionScope precision(precision_);
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         rnncore::backward<Cell, T>(w, ws, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);
@@ -340,6 +350,7 @@ class Stack {
 
   const rnncore::CellInfo& info_;
   rnncore::StackShape shape_;
+  rnncore::Precision precision_ = rnncore::Precision::kFloat32;  // of the packed GEMMs
   std::mutex mutex_;
   py::object grad_norms_ = py::none();
   std::variant<rnncore::StackWorkspace<float>, rnncore::StackWorkspace<double>> workspace_;
@@ -682,10 +693,15 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Stack>(m, "Stack",
                     "num_layers x directions of one registry cell over whole sequences; owns the "
                     "workspace a training forward fills and backward consumes.")
-      .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&>(),
+      .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&,
+                    const std::string&>(),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false,
-           py::arg("dtype") = py::dtype::of<float>())
+           py::arg("dtype") = py::dtype::of<float>(), py::arg("precision") = "float32",
+           "precision='bf16' (float32 stacks only): the packed GEMMs (input projection, "
+           "recurrent products, dL/dh and dx) take bf16 operands and accumulate in float32 "
+           "where the CPU has a bf16 kernel (bf16_kernel()), float32 elsewhere; dW, states "
+           "and pointwise math stay float32.")
       .def("forward", &Stack::forward, py::arg("x"), py::arg("params"),
            py::arg("h0") = py::none(), py::arg("c0") = py::none(),
            py::arg("lengths") = py::none(), py::arg("training") = false,
@@ -706,7 +722,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("nbytes", &Stack::nbytes)
       .def_property_readonly("cell", &Stack::cell)
       .def_property_readonly("dtype", &Stack::dtype)
+      .def_property_readonly("precision", &Stack::precision)
       .def("release", &Stack::release, "Frees the workspace.");
+  m.def("bf16_kernel", [] { return std::string(rnncore::bf16_kernel_name(rnncore::bf16_kernel())); },
+        "The kernel precision='bf16' runs on this CPU: 'avx512_bf16', or 'none' (float32).");
   py::class_<StepRecordHandle>(m, "StepRecord",
                                 "What a training-mode Step.forward keeps for its backward (opaque).")
       .def_property_readonly("nbytes", &StepRecordHandle::nbytes)

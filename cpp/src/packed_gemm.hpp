@@ -16,10 +16,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
+#include "bf16_gemm.hpp"
 #include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
+#include "rnncore/runtime.hpp"
 #include "team.hpp"
 #include "thread_split.hpp"
 
@@ -71,18 +74,43 @@ constexpr int panels_for_rows(int mr) {
 }
 inline constexpr int kMaxRows = kVectorRegisters >= 32 ? 8 : 6;
 
+// Bytes of A (a row chunk times one k-block) the packed kernel works on at a time, so that block
+// stays in L2 while every panel group of the weights passes over it: 256 KiB, an eighth of the
+// 2 MB L2 per core of the machine in bench/PROFILE.md. Chosen with that margin, not tuned.
+inline constexpr Index kRowChunkBytes = Index(1) << 18;
+
 template <class T>
 class PackedWeights {
  public:
   Index n = 0, k = 0, panels = 0;
   Buffer<T> data;
+  // With the calling thread's precision (runtime.hpp) kBf16 and a bf16 kernel on this CPU, a
+  // float pack is bf16 (bf16_gemm.hpp): `bf16` holds it, `data` is empty and panels counts
+  // kBf16Lanes-wide panels. The pack, not the thread that multiplies, decides the arithmetic.
+  bool is_bf16 = false;
+  Bf16Panels bf16;
 
   // row(c) points at W row c (output column c); its kk-th value is row(c)[kk * k_stride].
   // With k_stride != 1, W is the transpose of a row-major matrix: row(c) must be row(0) + c.
   template <class RowFn>
   void pack(Index n_, Index k_, RowFn row, Index k_stride) {
     constexpr int L = kLanes<T>;
-    n = n_, k = k_, panels = (n + L - 1) / L;
+    n = n_, k = k_;
+    is_bf16 = std::is_same_v<T, float> && current_precision() == Precision::kBf16 &&
+              bf16_kernel() != Bf16Kernel::kNone;
+    if constexpr (std::is_same_v<T, float>) {
+      if (is_bf16) {
+        panels = (n + kBf16Lanes - 1) / kBf16Lanes;
+        data.clear();
+        bf16.pack(n, k, row, k_stride, panels);
+#if RNNCORE_HAVE_BF16_KERNEL
+        bf16_scratch(kRowChunkBytes);
+#endif
+        return;
+      }
+      bf16.words.clear();
+    }
+    panels = (n + L - 1) / L;
     data.resize(panels * k * L);
     for (Index q = 0; q < panels; ++q) {
       T* dst = data.data() + q * k * L;
@@ -194,10 +222,6 @@ void row_tail(Index rows, Index k, const T* a, Index lda, const PackedWeights<T>
   }
 }
 
-// Bytes of A (a row chunk times one k-block) the packed kernel works on at a time, so that block
-// stays in L2 while every panel group of the weights passes over it: 256 KiB, an eighth of the
-// 2 MB L2 per core of the machine in bench/PROFILE.md. Chosen with that margin, not tuned.
-inline constexpr Index kRowChunkBytes = Index(1) << 18;
 
 // C (m x n) (=|+=) A (m x k) * W^T with W packed (n = w.n, k = w.k), A row-major (lda).
 // Blocking: k in blocks of kKBlock (a k-block of a panel group then fits in L1); rows in chunks
@@ -215,6 +239,13 @@ void packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>& w, T* c
       for (Index r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + w.n, T(0));
     return;
   }
+#if RNNCORE_HAVE_BF16_KERNEL
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.is_bf16)
+      return bf16_packed_gemm(m, a, lda, w.bf16, w.n, w.k, w.panels, c, ldc, accumulate,
+                              kRowChunkBytes);
+  }
+#endif
   constexpr int MR = kMaxRows, Panels = panels_for_rows(MR), L = kLanes<T>;
   constexpr Index kKBlock = 256;
   const Index full = m / MR * MR, stride = w.k * L;

@@ -3,11 +3,17 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <vector>
 
 #include <omp.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 #include "rnncore/sequence.hpp"
 
@@ -18,6 +24,7 @@ std::atomic<int> g_num_threads{0};
 thread_local int t_thread_limit = 0;  // 0: no limit
 std::atomic<InterruptCheck> g_interrupt_check{nullptr};
 thread_local detail::Interruption* t_interruption = nullptr;
+thread_local Precision t_precision = Precision::kFloat32;
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -69,6 +76,56 @@ bool PollTimer::due() {
 
 }  // namespace detail
 
+namespace {
+
+// AVX512-BF16 usable: the CPU has it (cpuid leaf 7 sub-leaf 1, EAX bit 5) with AVX512F and
+// AVX512BW (leaf 7, EBX bits 16 and 30: the kernel's loads, masks and broadcasts), and the OS
+// saves the opmask and ZMM registers (XCR0 bits 1, 2, 5, 6, 7).
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return false;  // OSXSAVE
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  constexpr unsigned kZmmState = (1u << 1) | (1u << 2) | (1u << 5) | (1u << 6) | (1u << 7);
+  if ((xcr0_lo & kZmmState) != kZmmState) return false;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool f_bw = (ebx & (1u << 16)) && (ebx & (1u << 30));
+  const unsigned max_subleaf = eax;
+  if (!f_bw || max_subleaf < 1 || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax & (1u << 5)) != 0;
+#else
+  return false;
+#endif
+}
+
+Bf16Kernel detect_bf16_kernel() {
+  const char* off = std::getenv("RNNCORE_NO_BF16");
+  if (off && *off && std::strcmp(off, "0") != 0) return Bf16Kernel::kNone;
+  return cpu_has_avx512_bf16() ? Bf16Kernel::kAvx512Bf16 : Bf16Kernel::kNone;
+}
+
+}  // namespace
+
+Bf16Kernel bf16_kernel() {
+  static const Bf16Kernel kernel = detect_bf16_kernel();
+  return kernel;
+}
+
+const char* bf16_kernel_name(Bf16Kernel kernel) {
+  switch (kernel) {
+    case Bf16Kernel::kAvx512Bf16: return "avx512_bf16";
+    case Bf16Kernel::kNone: break;
+  }
+  return "none";
+}
+
+PrecisionScope::PrecisionScope(Precision precision) : saved_(t_precision) {
+  t_precision = precision;
+}
+PrecisionScope::~PrecisionScope() { t_precision = saved_; }
+Precision current_precision() { return t_precision; }
+
 void set_num_threads(int n) { g_num_threads.store(n > 0 ? n : 0); }
 
 int get_num_threads() {
@@ -101,9 +158,11 @@ void run_independent(const std::vector<std::function<void()>>& calls, bool each_
   std::vector<std::exception_ptr> errors(calls.size());
   const int team = int(std::min<std::size_t>(std::size_t(threads), calls.size()));
   detail::Interruption* const interruption = detail::current_interruption();
+  const Precision precision = current_precision();
 #pragma omp parallel for num_threads(team) schedule(static, 1)
   for (std::size_t i = 0; i < calls.size(); ++i) {
     ThreadLimit one(1);
+    PrecisionScope same_precision(precision);
     detail::InterruptScope scope(interruption);
     try {
       calls[i]();

@@ -2,7 +2,8 @@
 // no exception may leave a parallel region (it would terminate the process) and no thread may
 // leave a loop with barriers while the others wait at the next one:
 //   - ErrorSlot keeps the first exception a thread throws (std::bad_alloc while a thread packs
-//     its weights, say) and rethrows it after the region;
+//     its weights, say) and rethrows it after the region, and runs the guarded work with the
+//     calling thread's compute precision;
 //   - Team adds what the time loops need: every thread's set-up either succeeded or the loop is
 //     skipped by all of them, and an interruption (runtime.hpp) stops all of them at the same step.
 #pragma once
@@ -20,9 +21,12 @@ namespace detail {
 class ErrorSlot {
  public:
   // Runs f(); an exception it throws is kept (the first one of all threads), not propagated.
+  // f runs with the precision (runtime.hpp) of the thread that constructed the slot, so the
+  // weights a worker thread packs follow the call's setting.
   template <class F>
   void guard(F&& f) noexcept {
     try {
+      PrecisionScope call_precision(precision_);
       f();
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -42,6 +46,7 @@ class ErrorSlot {
   std::mutex mutex_;
   std::exception_ptr error_;
   std::atomic<bool> failed_{false};
+  Precision precision_ = current_precision();
 };
 
 // part(p) for p = 0 .. parts-1, one part per thread of a team of `parts` threads (no team when
