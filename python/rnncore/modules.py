@@ -13,6 +13,7 @@ from . import _core, _registry
 from . import cuda as _cuda_path
 from ._base import (Module, as_array, check_lengths, check_parameter_memory, check_shape,
                     positive_int, uniform)
+from .precision import check_precision
 
 
 class _RNNBase(Module):
@@ -24,8 +25,9 @@ class _RNNBase(Module):
         _registry.register(cls, _registry._MODULES)
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, dtype, seed):
+                 bidirectional, dtype, seed, precision="float32"):
         super().__init__(dtype)
+        self.precision = check_precision(precision, self.dtype)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -54,7 +56,7 @@ class _RNNBase(Module):
         # The C++ stack: all layers and directions in one call; it keeps the training workspace
         # between steps so its memory is reused (eval() releases it).
         self._stack = _core.Stack(self.cell, self.input_size, self.hidden_size, self.num_layers,
-                                  self.bidirectional, self.dtype)
+                                  self.bidirectional, self.dtype, self.precision)
         self._tape = None  # (T, B, unbatched, forward number, thread) that backward consumes
         self._forwards = 0  # training forwards so far
         # thread ident -> number of its last training forward, while not back-propagated
@@ -265,6 +267,8 @@ class _RNNBase(Module):
                 opts.append(f"{name}={getattr(self, name)}")
         opts.extend(self._extra_repr())
         opts.append(f"dtype={self.dtype.name}")
+        if self.precision != "float32":
+            opts.append(f"precision={self.precision!r}")
         return f"{type(self).__name__}({', '.join(opts)})"
 
     def _extra_repr(self):
@@ -303,12 +307,12 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, nonlinearity="tanh", dtype=np.float32,
-                 seed=None):
+                 seed=None, precision="float32"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(_registry.select(RNN, nonlinearity=nonlinearity), input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, dtype, seed)
+                         batch_first, dropout, bidirectional, dtype, seed, precision)
 
     def _init_weight_hh(self, uniform):
         if self.nonlinearity == "relu":
@@ -330,10 +334,12 @@ class LSTM(_LSTMStateMixin, _RNNBase):
     variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, peephole=False, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, peephole=False, dtype=np.float32, seed=None,
+                 precision="float32"):
         self.peephole = bool(peephole)
         super().__init__(_registry.select(LSTM, peephole=self.peephole), input_size, hidden_size,
-                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
+                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
+                         precision)
 
     def _extra_repr(self):
         return ["peephole=True"] if self.peephole and type(self) is LSTM else []
@@ -343,9 +349,10 @@ class PeepholeLSTM(LSTM):
     """LSTM with diagonal peepholes (LSTM(..., peephole=True))."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
+                 precision="float32"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, peephole=True, dtype=dtype, seed=seed)
+                         bidirectional, peephole=True, dtype=dtype, seed=seed, precision=precision)
 
 
 class GRU(_RNNBase):
@@ -356,10 +363,12 @@ class GRU(_RNNBase):
     variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None):
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
+                 precision="float32"):
         self.reset_after = bool(reset_after)
         super().__init__(_registry.select(GRU, reset_after=self.reset_after), input_size, hidden_size,
-                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
+                         num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
+                         precision)
 
     def _extra_repr(self):
         return [] if self.reset_after else ["reset_after=False"]
