@@ -402,9 +402,17 @@ class Step {
   using Engine = std::variant<rnncore::StepEngine<float>, rnncore::StepEngine<double>>;
 
  public:
-  Step(const std::string& cell, Index input_size, Index hidden_size, const py::object& dtype)
+  Step(const std::string& cell, Index input_size, Index hidden_size, const py::object& dtype,
+       const std::string& precision)
       : info_(rnncore::find_cell(cell)), I_(input_size), H_(hidden_size),
-        engine_(make_engine(cell, input_size, hidden_size, dtype)) {}
+        engine_(make_engine(cell, input_size, hidden_size, dtype)) {
+    if (precision == "bf16") precision_ = rnncore::Precision::kBf16;
+    else if (precision != "float32")
+      throw py::value_error("precision must be 'float32' or 'bf16', got '" + precision + "'");
+    if (precision_ == rnncore::Precision::kBf16 &&
+        std::holds_alternative<rnncore::StepEngine<double>>(engine_))
+      throw py::value_error("precision='bf16' needs dtype float32, got float64");
+  }
 
   void set_weights(const py::dict& params) {
     const auto lock = lock_without_gil();
@@ -525,6 +533,9 @@ class Step {
   // about three times a forward's products).
   template <class F>
   void run_step(F&& f, Index rows) {
+    // The packs the engine builds on first use take the step's precision (bf16: the forward
+    // products, dL/dh_prev and dx in bf16 operands; dW stays float32), as the Stack's do.
+    const rnncore::PrecisionScope precision(precision_);
     const double flops = 2.0 * double(rows) * double(info_.gates * H_) * double(I_ + H_);
     if (flops > kGilFreeFlops) {
       run_without_gil(std::forward<F>(f));
@@ -640,6 +651,7 @@ class Step {
   Index I_, H_;
   std::mutex mutex_;
   Engine engine_;
+  rnncore::Precision precision_ = rnncore::Precision::kFloat32;
   std::vector<py::object> held_;        // the arrays the weights were last read from
   std::vector<const void*> weights_;    // their data: w_ih, w_hh, b_ih, b_hh, w_peephole
   std::vector<Index> sizes_;
@@ -733,8 +745,9 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Step>(m, "Step",
                    "One registry cell, one time step per call, weights packed once "
                    "(set_weights; repacked when a probe of sampled values sees them change).")
-      .def(py::init<const std::string&, Index, Index, const py::object&>(), py::arg("cell"),
-           py::arg("input_size"), py::arg("hidden_size"), py::arg("dtype") = py::dtype::of<float>())
+      .def(py::init<const std::string&, Index, Index, const py::object&, const std::string&>(),
+           py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
+           py::arg("dtype") = py::dtype::of<float>(), py::arg("precision") = "float32")
       .def("set_weights", &Step::set_weights, py::arg("params"),
            "Copies and packs weight_ih, weight_hh, bias_ih, bias_hh (both or neither), "
            "weight_peephole from the dict, and keeps the arrays for the probe.")

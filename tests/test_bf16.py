@@ -2,7 +2,6 @@
 float32; states, pointwise math and dW stay float32. Accuracy bounds (not speed) against the
 float64 result, next to the float32 path's; the float32 default unchanged; the fallback where the
 CPU has no bf16 kernel."""
-import inspect
 import os
 import subprocess
 import sys
@@ -256,13 +255,6 @@ def test_bad_precision_is_rejected():
     assert check_precision("bf16", np.float32) == "bf16"
 
 
-needs_module_option = pytest.mark.skipif(
-    "precision" not in inspect.signature(rnncore.LSTM).parameters,
-    reason="the modules have no precision option yet (python/rnncore/modules.py lines of the "
-           "bf16 branch's report)")
-
-
-@needs_module_option
 @pytest.mark.parametrize("cell", CELLS)
 def test_module_precision_option(cell):
     pr = problem(cell, 6, 3, 9, 20, seed=4)
@@ -275,9 +267,37 @@ def test_module_precision_option(cell):
     assert make_module(cell, 9, 20).precision == "float32"
 
 
-@needs_module_option
 def test_module_precision_errors():
     with pytest.raises(ValueError, match=r"precision='bf16' needs dtype float32, got float64"):
         rnncore.GRU(3, 4, dtype=np.float64, precision="bf16")
     with pytest.raises(ValueError, match=r"precision must be one of 'float32', 'bf16', got 'fp8'"):
         rnncore.RNN(3, 4, precision="fp8")
+
+
+@needs_bf16
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_steps_in_bf16(cell, rng):
+    """Single-step cells take precision='bf16' too: a training step and its backward are close
+    to the float32 cell's within the module bounds, and the float32 cell is unchanged."""
+    from conftest import make_cell
+    I, H, B = 24, 40, 5
+    c32 = make_cell(cell, I, H, seed=3)
+    c16 = make_cell(cell, I, H, seed=3, precision="bf16")
+    assert c16.precision == "bf16" and c32.precision == "float32"
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    lstm = isinstance(c32, rnncore.LSTMCell)
+    state = tuple(rng.standard_normal((B, H)).astype(np.float32) for _ in range(2 if lstm else 1))
+    state = state if lstm else state[0]
+    out32, out16 = c32(x, state), c16(x, state)
+    d = tuple(rng.standard_normal((B, H)).astype(np.float32) for _ in range(2 if lstm else 1))
+    d = d if lstm else d[0]
+    dx32, _ = c32.backward(d)
+    dx16, _ = c16.backward(d)
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
+    h32, h16 = (out32[0], out16[0]) if lstm else (out32, out16)
+    assert 0 < rel(h16, h32) < FORWARD_BOUND
+    assert rel(dx16, dx32) < GRADIENT_BOUND * (6 if cell == "rnn_relu" else 1)
+    for k in c32.grads:
+        assert rel(c16.grads[k], c32.grads[k]) < GRADIENT_BOUND * (6 if cell == "rnn_relu" else 1), k
+    with pytest.raises(ValueError, match=r"precision='bf16' needs dtype float32, got float64"):
+        make_cell(cell, I, H, dtype=np.float64, precision="bf16")

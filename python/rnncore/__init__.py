@@ -9,6 +9,8 @@ from ._core import get_num_threads, set_num_threads
 from ._core import __version__  # compiled in from CMakeLists.txt's project(VERSION), as is the wheel's
 from ._base import no_grad, parameters_changed
 from .cuda import cuda_available, cuda_status
+from . import precision
+from .precision import bf16_kernel, bf16_supported
 from .modules import GRU, LSTM, RNN, PeepholeLSTM
 from .cells import GRUCell, LSTMCell, PeepholeLSTMCell, PendingStepsWarning, RNNCell
 
@@ -28,6 +30,7 @@ __all__ = [
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
     "attention", "ctc", "seq2seq", "PyramidEncoder", "cuda_available", "cuda_status",
+    "precision", "bf16_kernel", "bf16_supported",
 ]
 
 

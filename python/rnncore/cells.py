@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _base, _core, _registry
 from ._base import Module, as_array, check_parameter_memory, check_shape, positive_int, uniform
+from .precision import check_precision
 
 
 class PendingStepsWarning(RuntimeWarning):
@@ -30,8 +31,9 @@ class _CellBase(Module):
         super().__init_subclass__(**kwargs)
         _registry.register(cls, _registry._CELL_CLASSES)
 
-    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed, precision="float32"):
         super().__init__(dtype)
+        self.precision = check_precision(precision, self.dtype)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
@@ -67,7 +69,8 @@ class _CellBase(Module):
         # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
         # parameter version has moved since (optimisers, load_state_dict, replaced arrays,
         # parameters_changed()) and, in C++, when a probe of sampled values sees them change.
-        self._engine = _core.Step(self.cell, self.input_size, self.hidden_size, self.dtype)
+        self._engine = _core.Step(self.cell, self.input_size, self.hidden_size, self.dtype,
+                                  getattr(self, "precision", "float32"))
         self._engine_version = None
 
     def _sync_engine(self):
@@ -238,12 +241,12 @@ class RNNCell(_CellBase):
     variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
-                 seed=None):
+                 seed=None, precision="float32"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(_registry.select(RNNCell, nonlinearity=nonlinearity), input_size,
-                         hidden_size, bias, dtype, seed)
+                         hidden_size, bias, dtype, seed, precision)
 
     def _identity_init(self):
         return self.nonlinearity == "relu"
@@ -255,17 +258,19 @@ class LSTMCell(_CellBase):
     _has_cell_state = True
 
     def __init__(self, input_size, hidden_size, bias=True, peephole=False, dtype=np.float32,
-                 seed=None):
+                 seed=None, precision="float32"):
         self.peephole = bool(peephole)
         super().__init__(_registry.select(LSTMCell, peephole=self.peephole), input_size,
-                         hidden_size, bias, dtype, seed)
+                         hidden_size, bias, dtype, seed, precision)
 
 
 class PeepholeLSTMCell(LSTMCell):
     """LSTMCell(..., peephole=True)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, bias, peephole=True, dtype=dtype, seed=seed)
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
+                 precision="float32"):
+        super().__init__(input_size, hidden_size, bias, peephole=True, dtype=dtype, seed=seed,
+                         precision=precision)
 
 
 class GRUCell(_CellBase):
@@ -273,7 +278,7 @@ class GRUCell(_CellBase):
     variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
     def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
-                 seed=None):
+                 seed=None, precision="float32"):
         self.reset_after = bool(reset_after)
         super().__init__(_registry.select(GRUCell, reset_after=self.reset_after), input_size,
-                         hidden_size, bias, dtype, seed)
+                         hidden_size, bias, dtype, seed, precision)
