@@ -95,6 +95,19 @@ def test_bidirectional_side_by_side_and_sequential_with_lengths(cell, H, threads
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradients_through_the_packed_kernel(cell, threads):
+    # N = sum(lengths) = 2,170 packed rows: above the packed weight-gradient threshold (256) and
+    # more than one of its 2,048-row chunks; odd sizes give partial panels and tiles; ragged
+    # lengths and both directions.
+    lengths = np.resize(np.array([70, 63, 70, 41, 70, 69, 5, 70, 70, 0, 66]), 40)
+    assert lengths.sum() > 2048
+    errs = run_against_reference(cell, T=70, B=40, I=19, H=21, threads=threads,
+                                 bidirectional=True, lengths=lengths)
+    assert_close(errs, ("packed dW", threads))
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_workspaces_reused_across_training_steps(cell):
     # Three training steps with different data through the same module: each backward must see
     # its own forward (the workspace memory is reused, its contents must not leak across steps).

@@ -289,3 +289,57 @@ void parallel_packed_gemm(Index m, const T* a, Index lda, const PackedWeights<T>
 
 }  // namespace detail
 }  // namespace rnncore
+
+namespace rnncore {
+namespace detail {
+
+// Rows of the N dimension per chunk of a weight-gradient product (below): the transposed chunk
+// of dG is cols x kWeightGradChunk values (8 MB at cols = 1024 for floats), and C is read and
+// written once per chunk.
+inline constexpr Index kWeightGradChunk = 2048;
+
+// C (cols x K) += dG^T X for dG (N x cols, leading dimension ldg) and X (N x K, ldx): the
+// weight gradients dW = sum over rows of dG_row^T x_row, through the packed kernel. Eigen's GEMM
+// ran these at about half the FMA peak (bench/PROFILE.md, issue 11); the packed kernel needs
+// both operands with k = N contiguous, so per chunk of N rows X is packed as the kernel's weights
+// (its transpose is a strided read the packing supports) and dG's chunk is transposed into a
+// buffer, then C's rows are split across threads as in parallel_packed_gemm. Always float32 (or
+// float64) arithmetic: gradients are never computed in bf16, whatever the calling precision.
+template <class T>
+void weight_gradient_gemm(Index cols, Index K, Index N, const T* dg, Index ldg, const T* x,
+                          Index ldx, T* c, Index ldc, int max_threads) {
+  if (cols <= 0 || K <= 0 || N <= 0) return;
+  const PrecisionScope full_precision(Precision::kFloat32);
+  const Index chunk_rows = std::min(N, kWeightGradChunk);
+  // Rows of the transposed chunk padded by a cache line: rows a multiple of 4 KB apart would
+  // share L1 sets in the kernel's row tiles.
+  const Index ld_t = chunk_rows + 64 / Index(sizeof(T));
+  Buffer<T> dg_t(cols * ld_t);
+  PackedWeights<T> xw;
+  const int threads = gemm_threads(cols, K, N, max_threads);
+  for (Index n0 = 0; n0 < N; n0 += chunk_rows) {
+    const Index nc = std::min(chunk_rows, N - n0);
+    // X rows [n0, n0 + nc) as W (K x nc): W[col][kk] = X[n0 + kk][col].
+    xw.pack(K, nc, [&](Index col) { return x + n0 * ldx + col; }, ldx);
+    // dG rows [n0, n0 + nc) transposed: dg_t[r][kk] = dG[n0 + kk][r], in 16 x 16 tiles; the
+    // columns are split across the threads.
+    parallel_parts(threads, [&](int p) {
+      const Index lo = split_point(cols, p, threads, kThreadSplitAlign);
+      const Index hi = split_point(cols, p + 1, threads, kThreadSplitAlign);
+      constexpr Index kTile = 16;
+      for (Index k0 = 0; k0 < nc; k0 += kTile)
+        for (Index r0 = lo; r0 < hi; r0 += kTile) {
+          const Index k1 = std::min(nc, k0 + kTile), r1 = std::min(hi, r0 + kTile);
+          for (Index kk = k0; kk < k1; ++kk) {
+            const T* src = dg + (n0 + kk) * ldg;
+            for (Index r = r0; r < r1; ++r) dg_t[r * ld_t + kk] = src[r];
+          }
+        }
+      // then this thread's rows of C
+      if (hi > lo) packed_gemm(hi - lo, dg_t.data() + lo * ld_t, ld_t, xw, c + lo * ldc, ldc, true);
+    });
+  }
+}
+
+}  // namespace detail
+}  // namespace rnncore

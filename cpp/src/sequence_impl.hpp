@@ -701,9 +701,23 @@ const T* previous_hidden_rows(const TrainingWorkspace<T>& ws, Buffer<T>& storage
   return storage.data();
 }
 
-// dW_ih += dG_x^T X and db_ih += column sums of dG_x over the N packed rows. The products with a
-// transposed operand are one-off: Eigen packs them well (the packed step kernel would read dG^T
-// one page per k step).
+// Packed rows from which a weight gradient goes through the packed kernel
+// (weight_gradient_gemm, packed_gemm.hpp) rather than Eigen: below it the transposed copy and the
+// packing of X are a visible share of a small product. A round number, not tuned.
+inline constexpr Index kPackedWeightGradRows = 256;
+
+// dW (cols x K) += dG^T X over N rows (dG with leading dimension ldg, X with ldx).
+template <class T>
+void add_weight_gradient(Index cols, Index K, Index N, const T* dg, Index ldg, const T* x,
+                         Index ldx, T* dw, int max_threads) {
+  if (N >= kPackedWeightGradRows)
+    weight_gradient_gemm(cols, K, N, dg, ldg, x, ldx, dw, K, max_threads);
+  else
+    parallel_gemm(cols, K, N, dg, ldg, true, x, ldx, false, dw, K, true, max_threads);
+}
+
+// dW_ih += dG_x^T X and db_ih += column sums of dG_x over the N packed rows (add_weight_gradient:
+// the packed kernel over a transposed copy of dG, or Eigen for few rows).
 template <class Cell, class T>
 void add_input_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradients<T>& grads,
                                 int max_threads) {
@@ -712,8 +726,8 @@ void add_input_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradi
   for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
     const Index cols = (end_gate - first_gate) * H;
     const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
-    parallel_gemm(cols, I, N, dg, stash_width, true, ws.x.data(), I, false,
-                  grads.dw_ih + first_gate * H * I, I, true, max_threads);
+    add_weight_gradient(cols, I, N, dg, stash_width, ws.x.data(), I,
+                        grads.dw_ih + first_gate * H * I, max_threads);
     add_column_sums(N, cols, dg, stash_width, grads.db_ih + first_gate * H, max_threads);
   });
 }
@@ -732,9 +746,8 @@ void add_recurrent_weight_gradients(const TrainingWorkspace<T>& ws, const LayerG
     // A stash-slot operand: GRU reset-before, whose n-gate multiplies r * h_{t-1}.
     const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
     const T* operand = operand_slot < 0 ? h_prev : ws.stash.data() + operand_slot * H;
-    parallel_gemm(cols, H, N, dg, stash_width, true, operand,
-                  operand_slot < 0 ? H : stash_width, false, grads.dw_hh + first_gate * H * H, H,
-                  true, max_threads);
+    add_weight_gradient(cols, H, N, dg, stash_width, operand, operand_slot < 0 ? H : stash_width,
+                        grads.dw_hh + first_gate * H * H, max_threads);
     add_column_sums(N, cols, dg, stash_width, grads.db_hh + first_gate * H, max_threads);
   });
 }
