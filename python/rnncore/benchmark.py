@@ -339,7 +339,8 @@ def write_markdown(rows, path, args):
         "medians of alternating runs; ratio = rnncore / other (lower is better for rnncore). "
         "Targets apply at 2 threads.",
         "",
-        "FMA peak measured at the start of the run (rnncore._core.fma_peak): " + ", ".join(
+        "FMA peak (rnncore._core.fma_peak, the higher of two measurements at the start and the end "
+        "of the run): " + ", ".join(
             f"{t} thread{'s' * (t > 1)} {g:.0f} GFLOP/s" for t, g in getattr(args, "peaks", {}).items())
         + f"; share = GEMM GFLOP/s / that peak (target {PEAK_TARGET:.0%} where marked).",
         "",
