@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "api.hpp"
+#include "common.hpp"
 #include "cublas.hpp"
 #include "rnncore/cells.hpp"
 
@@ -30,13 +31,8 @@ namespace rc = rnncore::cuda;
 
 namespace {
 
-std::string shape_str(const std::vector<Index>& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
+using rnncore::bindings::read_layer_arrays;
+using rnncore::bindings::shape_str;
 
 struct Desc {
   std::uintptr_t ptr = 0;
@@ -146,16 +142,9 @@ class Stack {
   }
 
  private:
-  // One call at a time per stack. A call releases the GIL while it queues work, so a second
-  // thread must not wait for the stack's lock while holding the GIL (the first could then never
-  // take it back): it waits with the GIL released, as rnncore._core does.
+  // One call at a time per stack (a call releases the GIL while it queues work).
   std::unique_lock<std::mutex> lock_without_gil() {
-    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-    if (!lock.try_lock()) {
-      py::gil_scoped_release nogil;
-      lock.lock();
-    }
-    return lock;
+    return rnncore::bindings::lock_without_gil(mutex_);
   }
 
   Index directions() const { return shape_.directions(); }
@@ -164,33 +153,16 @@ class Stack {
 
   template <class Slots, class T>
   std::vector<Slots> read_layers(Checker& check, const py::dict& d, const char* what) const {
-    const Index G = info_.gates, H = shape_.hidden_size;
-    std::vector<Slots> out(static_cast<std::size_t>(entries()));
-    for (Index l = 0; l < shape_.num_layers; ++l) {
-      for (Index dir = 0; dir < directions(); ++dir) {
-        const std::string s = "_l" + std::to_string(l) + (dir == 1 ? "_reverse" : "");
-        auto get = [&](const char* stem, const std::vector<Index>& shape) -> T* {
-          const std::string key = stem + s;
-          if (!d.contains(key)) return nullptr;
-          return check.get<T>(d[py::str(key)], std::string(what) + "[" + key + "]", shape);
-        };
-        auto require = [&](const char* stem, T* p) {
-          if (!p) throw py::key_error(std::string(what) + " has no '" + stem + s + "'");
-          return p;
-        };
-        Slots& slot = out[std::size_t(l * directions() + dir)];
-        T* w_ih = require("weight_ih", get("weight_ih", {G * H, shape_.layer_input_size(l)}));
-        T* w_hh = require("weight_hh", get("weight_hh", {G * H, H}));
-        T* b_ih = get("bias_ih", {G * H});
-        T* b_hh = get("bias_hh", {G * H});
-        if (bool(b_ih) != bool(b_hh))
-          throw py::key_error(std::string(what) + " has only one of bias_ih" + s + " and bias_hh" + s);
-        T* peephole = info_.peephole_rows
-                          ? require("weight_peephole", get("weight_peephole", {info_.peephole_rows, H}))
-                          : nullptr;
-        slot = {w_ih, w_hh, b_ih, b_hh, peephole};
-      }
-    }
+    const auto get = [&](const std::string& key, const std::vector<Index>& shape) -> T* {
+      if (!d.contains(key)) return nullptr;
+      return check.get<T>(d[py::str(key)], std::string(what) + "[" + key + "]", shape);
+    };
+    std::vector<Slots> out;
+    for (Index l = 0; l < shape_.num_layers; ++l)
+      for (Index dir = 0; dir < directions(); ++dir)
+        out.push_back(read_layer_arrays<Slots, T>(
+            info_, shape_.layer_input_size(l), shape_.hidden_size,
+            "_l" + std::to_string(l) + (dir == 1 ? "_reverse" : ""), what, get));
     return out;
   }
 

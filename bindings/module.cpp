@@ -23,6 +23,7 @@
 #include <variant>
 #include <vector>
 
+#include "common.hpp"
 #include "rnncore/cells.hpp"
 #include "rnncore/linalg.hpp"
 #include "rnncore/runtime.hpp"
@@ -34,13 +35,9 @@ using rnncore::Index;
 
 namespace {
 
-std::string shape_str(const std::vector<Index>& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
+using rnncore::bindings::lock_without_gil;
+using rnncore::bindings::read_layer_arrays;
+using rnncore::bindings::shape_str;
 
 std::vector<Index> shape_of(const py::array& a) {
   return std::vector<Index>(a.shape(), a.shape() + a.ndim());
@@ -96,6 +93,23 @@ std::pair<py::object, T*> optional_output(bool wanted, const std::vector<Index>&
 
 py::object lookup(const py::dict& d, const std::string& key) {
   return d.contains(key) ? py::reinterpret_borrow<py::object>(d[py::str(key)]) : py::none();
+}
+
+// The getter read_layer_arrays (common.hpp) takes, over a dict of numpy arrays: the array called
+// key, checked as `what[key]` (writeable for gradients), or nullptr when absent. Each array read
+// is appended to `keep`, which holds it alive for the call (another thread could replace the
+// dict's entry while this one runs without the GIL).
+template <class T>
+auto dict_arrays(const py::dict& d, const char* what, bool writeable,
+                 std::vector<py::object>& keep) {
+  return [&d, what, writeable, &keep](const std::string& key,
+                                      const std::vector<Index>& shape) -> T* {
+    py::object a = lookup(d, key);
+    if (a.is_none()) return nullptr;
+    T* data = checked<T>(a, std::string(what) + "[" + key + "]", shape, writeable);
+    keep.push_back(std::move(a));
+    return data;
+  };
 }
 
 // Ctrl-C during a long call (runtime.hpp, "interruption"): the time loops ask this every few tens
@@ -205,18 +219,8 @@ class Stack {
   }
 
  private:
-  // One call at a time per stack: the workspace is resized, filled and freed while the GIL is
-  // released, so calls from several Python threads on one stack wait for each other here (stacks
-  // of different modules run concurrently). The GIL is released while waiting, so the holder can
-  // finish.
-  std::unique_lock<std::mutex> lock_without_gil() {
-    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-    if (!lock.try_lock()) {
-      py::gil_scoped_release nogil;
-      lock.lock();
-    }
-    return lock;
-  }
+  // One call at a time per stack (calls on stacks of different modules run concurrently).
+  std::unique_lock<std::mutex> lock_without_gil() { return ::lock_without_gil(mutex_); }
 
   Index directions() const { return shape_.directions(); }
   Index entries() const { return shape_.num_layers * directions(); }
@@ -226,44 +230,17 @@ class Stack {
   }
 
   // The parameters (or, with `gradient`, the gradient arrays) of every layer-direction, found
-  // by name in `d` and checked against the shapes the cell and sizes imply. Biases may be
-  // absent (a module built with bias=False), but then both of a layer-direction's are.
-  // The arrays read are appended to `keep`, which holds them alive for the call (another thread
-  // could replace an entry of the dict while this one runs without the GIL).
+  // by name in `d` and checked against the shapes the cell and sizes imply (read_layer_arrays);
+  // the arrays read are appended to `keep` (dict_arrays).
   template <class Slots, class T>
   std::vector<Slots> read_layers(const py::dict& d, const char* what, bool gradient,
                                  std::vector<py::object>& keep) const {
-    const Index G = info_.gates, H = shape_.hidden_size;
-    std::vector<Slots> out(static_cast<std::size_t>(entries()));
-    for (Index l = 0; l < shape_.num_layers; ++l) {
-      for (Index dir = 0; dir < directions(); ++dir) {
-        const std::string s = suffix(l, dir);
-        auto name = [&](const char* stem) { return std::string(what) + "[" + stem + s + "]"; };
-        auto get = [&](const char* stem, const std::vector<Index>& shape) -> T* {
-          py::object a = lookup(d, stem + s);
-          if (a.is_none()) return nullptr;
-          T* data = checked<T>(a, name(stem), shape, gradient);
-          keep.push_back(std::move(a));
-          return data;
-        };
-        auto require = [&](const char* stem, T* p) {
-          if (!p) throw py::key_error(std::string(what) + " has no '" + stem + s + "'");
-          return p;
-        };
-        Slots& slot = out[std::size_t(l * directions() + dir)];
-        T* w_ih = require("weight_ih", get("weight_ih", {G * H, shape_.layer_input_size(l)}));
-        T* w_hh = require("weight_hh", get("weight_hh", {G * H, H}));
-        T* b_ih = get("bias_ih", {G * H});
-        T* b_hh = get("bias_hh", {G * H});
-        if (bool(b_ih) != bool(b_hh))
-          throw py::key_error(std::string(what) + " has only one of bias_ih" + s + " and bias_hh" + s);
-        T* peephole = info_.peephole_rows
-                          ? require("weight_peephole",
-                                    get("weight_peephole", {info_.peephole_rows, H}))
-                          : nullptr;
-        slot = {w_ih, w_hh, b_ih, b_hh, peephole};  // both structs list the arrays in this order
-      }
-    }
+    std::vector<Slots> out;
+    const auto get = dict_arrays<T>(d, what, gradient, keep);
+    for (Index l = 0; l < shape_.num_layers; ++l)
+      for (Index dir = 0; dir < directions(); ++dir)
+        out.push_back(read_layer_arrays<Slots, T>(info_, shape_.layer_input_size(l),
+                                                  shape_.hidden_size, suffix(l, dir), what, get));
     return out;
   }
 
@@ -439,14 +416,7 @@ class Step {
   std::size_t packs() const { return packs_; }
 
  private:
-  std::unique_lock<std::mutex> lock_without_gil() {
-    std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-    if (!lock.try_lock()) {
-      py::gil_scoped_release nogil;
-      lock.lock();
-    }
-    return lock;
-  }
+  std::unique_lock<std::mutex> lock_without_gil() { return ::lock_without_gil(mutex_); }
 
   static Engine make_engine(const std::string& cell, Index input_size, Index hidden_size,
                             const py::object& dtype) {
@@ -467,25 +437,8 @@ class Step {
   void set_weights_t(rnncore::StepEngine<T>& e, const py::dict& params) {
     const Index G = info_.gates;
     std::vector<py::object> keep;
-    auto get = [&](const char* name, const std::vector<Index>& shape, bool required) -> const T* {
-      py::object a = lookup(params, name);
-      if (a.is_none()) {
-        if (required) throw py::key_error(std::string("params has no '") + name + "'");
-        return nullptr;
-      }
-      const T* p = checked<const T>(a, std::string("params[") + name + "]", shape);
-      keep.push_back(std::move(a));
-      return p;
-    };
-    rnncore::LayerWeights<T> w;
-    w.w_ih = get("weight_ih", {G * H_, I_}, true);
-    w.w_hh = get("weight_hh", {G * H_, H_}, true);
-    w.b_ih = get("bias_ih", {G * H_}, false);
-    w.b_hh = get("bias_hh", {G * H_}, false);
-    if (bool(w.b_ih) != bool(w.b_hh))
-      throw py::key_error("params has only one of bias_ih and bias_hh");
-    w.w_peephole = info_.peephole_rows ? get("weight_peephole", {info_.peephole_rows, H_}, true)
-                                       : nullptr;
+    const auto w = read_layer_arrays<rnncore::LayerWeights<T>, const T>(
+        info_, I_, H_, "", "params", dict_arrays<const T>(params, "params", false, keep));
     run_without_gil([&] { e.set_weights(w); });
     weights_ = {w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_peephole};
     sizes_ = {G * H_ * I_, G * H_ * H_, G * H_, G * H_, info_.peephole_rows * H_};
@@ -612,28 +565,13 @@ class Step {
     if (handle.consumed)
       throw std::logic_error("this step's record was already consumed by an earlier backward()");
     refresh(e);
-    const Index B = r->batch, G = info_.gates;
+    const Index B = r->batch;
     const bool cell_state = info_.states == 2;
     const T* dhp = dh.is_none() ? nullptr : checked_2d<const T>(dh, "dh", B, H_);
     const T* dcp = cell_state && !dc.is_none() ? checked_2d<const T>(dc, "dc", B, H_) : nullptr;
     std::vector<py::object> keep;
-    auto grad = [&](const char* name, const std::vector<Index>& shape, bool required) -> T* {
-      py::object a = lookup(grads, name);
-      if (a.is_none()) {
-        if (required) throw py::key_error(std::string("grads has no '") + name + "'");
-        return nullptr;
-      }
-      T* p = checked<T>(a, std::string("grads[") + name + "]", shape, true);
-      keep.push_back(std::move(a));
-      return p;
-    };
-    rnncore::LayerGradients<T> g;
-    g.dw_ih = grad("weight_ih", {G * H_, I_}, true);
-    g.dw_hh = grad("weight_hh", {G * H_, H_}, true);
-    g.db_ih = grad("bias_ih", {G * H_}, false);
-    g.db_hh = grad("bias_hh", {G * H_}, false);
-    g.dw_peephole = info_.peephole_rows ? grad("weight_peephole", {info_.peephole_rows, H_}, true)
-                                        : nullptr;
+    const auto g = read_layer_arrays<rnncore::LayerGradients<T>, T>(
+        info_, I_, H_, "", "grads", dict_arrays<T>(grads, "grads", true, keep));
     auto dx = empty<T>({B, I_});
     auto dh_prev = empty<T>({B, H_});
     auto [dc_prev, dcpp] = optional_output<T>(cell_state, {B, H_});

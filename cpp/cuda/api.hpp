@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "rnncore/common.hpp"
+#include "rnncore/sequence.hpp"
 
 namespace rnncore {
 namespace cuda {
@@ -38,25 +39,13 @@ struct Shape {
   }
 };
 
-// One per (layer, direction), index l*D + d. Biases and the peephole may be nullptr (zeros).
+// One per (layer, direction), index l*D + d: the CPU driver's structs (sequence.hpp). Here the
+// biases and the peephole may be nullptr (zeros), and backward ADDS into the gradients, any of
+// which may be nullptr (that gradient is not wanted).
 template <class T>
-struct LayerWeights {
-  const T* w_ih = nullptr;
-  const T* w_hh = nullptr;
-  const T* b_ih = nullptr;
-  const T* b_hh = nullptr;
-  const T* w_peephole = nullptr;
-};
-
-// Backward ADDS into these; any may be nullptr (that gradient is not wanted).
+using LayerWeights = ::rnncore::LayerWeights<T>;
 template <class T>
-struct LayerGradients {
-  T* dw_ih = nullptr;
-  T* dw_hh = nullptr;
-  T* db_ih = nullptr;
-  T* db_hh = nullptr;
-  T* dw_peephole = nullptr;
-};
+using LayerGradients = ::rnncore::LayerGradients<T>;
 
 // Devices the CUDA runtime sees (0 without a driver or a device; never throws).
 int device_count();
