@@ -22,7 +22,7 @@
 //           -> forward_time_loop: per thread pack_recurrent_slice, then per step
 //              rows_of_step -> forward_step -> write_step_outputs
 // Backward: BackwardTimeLoop (per step: pointwise_backward, then the recurrent GEMM per phase)
-//           -> add_input_weight_gradients, add_recurrent_weight_gradients, input_gradient
+//           -> add_weight_gradients, input_gradient
 #pragma once
 
 #include <algorithm>
@@ -701,54 +701,63 @@ const T* previous_hidden_rows(const TrainingWorkspace<T>& ws, Buffer<T>& storage
   return storage.data();
 }
 
-// Packed rows from which a weight gradient goes through the packed kernel
-// (weight_gradient_gemm, packed_gemm.hpp) rather than Eigen: below it the transposed copy and the
-// packing of X are a visible share of a small product. A round number, not tuned.
+// Rows up to which a weight gradient is k rank-1 updates (add_rank_updates): a single step's
+// small batch, where a GEMM's set-up costs more than the updates. A round number: at 8 rows the
+// updates still stream the gradient once per row.
+inline constexpr Index kRankUpdateRows = 8;
+// Rows from which it goes through the packed kernel (weight_gradient_gemm, packed_gemm.hpp)
+// rather than Eigen: below it the transposed copy and the packing of X are a visible share of a
+// small product. A round number, not tuned.
 inline constexpr Index kPackedWeightGradRows = 256;
+
+// c (m x n, ldc) += a^T b for a (k x m, lda), b (k x n, ldb) with few rows k.
+template <class T>
+void add_rank_updates(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
+                      T* c, Index ldc) {
+  for (Index i = 0; i < m; ++i) {
+    T* ci = c + i * ldc;
+    for (Index r = 0; r < k; ++r) {
+      const T ai = a[r * lda + i];
+      const T* br = b + r * ldb;
+#pragma omp simd
+      for (Index j = 0; j < n; ++j) ci[j] += ai * br[j];
+    }
+  }
+}
 
 // dW (cols x K) += dG^T X over N rows (dG with leading dimension ldg, X with ldx).
 template <class T>
 void add_weight_gradient(Index cols, Index K, Index N, const T* dg, Index ldg, const T* x,
                          Index ldx, T* dw, int max_threads) {
-  if (N >= kPackedWeightGradRows)
+  if (N <= kRankUpdateRows)
+    add_rank_updates(cols, K, N, dg, ldg, x, ldx, dw, K);
+  else if (N >= kPackedWeightGradRows)
     weight_gradient_gemm(cols, K, N, dg, ldg, x, ldx, dw, K, max_threads);
   else
     parallel_gemm(cols, K, N, dg, ldg, true, x, ldx, false, dw, K, true, max_threads);
 }
 
-// dW_ih += dG_x^T X and db_ih += column sums of dG_x over the N packed rows (add_weight_gradient:
-// the packed kernel over a transposed copy of dG, or Eigen for few rows).
 template <class Cell, class T>
-void add_input_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradients<T>& grads,
-                                int max_threads) {
-  const Index N = ws.schedule.rows, I = ws.shape.input_size, H = ws.shape.hidden_size;
+void add_weight_gradients(Index N, Index I, Index H, const T* stash, const T* x,
+                          const T* h_prev, const LayerGradients<T>& grads, int max_threads) {
   const Index stash_width = Cell::kStashSlots * H;
   for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
     const Index cols = (end_gate - first_gate) * H;
-    const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
-    add_weight_gradient(cols, I, N, dg, stash_width, ws.x.data(), I,
-                        grads.dw_ih + first_gate * H * I, max_threads);
-    add_column_sums(N, cols, dg, stash_width, grads.db_ih + first_gate * H, max_threads);
+    const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H;
+    add_weight_gradient(cols, I, N, dg, stash_width, x, I, grads.dw_ih + first_gate * H * I,
+                        max_threads);
+    if (grads.db_ih)
+      add_column_sums(N, cols, dg, stash_width, grads.db_ih + first_gate * H, max_threads);
   });
-}
-
-// dW_hh += dG_h^T h_{t-1} (or the stashed operand) and db_hh += column sums of dG_h.
-template <class Cell, class T>
-void add_recurrent_weight_gradients(const TrainingWorkspace<T>& ws, const LayerGradients<T>& grads,
-                                    int max_threads) {
-  const Index N = ws.schedule.rows, H = ws.shape.hidden_size;
-  const Index stash_width = Cell::kStashSlots * H;
-  Buffer<T> h_prev_storage;
-  const T* h_prev = previous_hidden_rows(ws, h_prev_storage);
   for_each_gate_block<Cell>(WeightSide::kRecurrent, [&](int first_gate, int end_gate) {
     const Index cols = (end_gate - first_gate) * H;
-    const T* dg = ws.stash.data() + gradient_slot<Cell>(first_gate, WeightSide::kRecurrent) * H;
-    // A stash-slot operand: GRU reset-before, whose n-gate multiplies r * h_{t-1}.
+    const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kRecurrent) * H;
     const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
-    const T* operand = operand_slot < 0 ? h_prev : ws.stash.data() + operand_slot * H;
+    const T* operand = operand_slot < 0 ? h_prev : stash + operand_slot * H;
     add_weight_gradient(cols, H, N, dg, stash_width, operand, operand_slot < 0 ? H : stash_width,
                         grads.dw_hh + first_gate * H * H, max_threads);
-    add_column_sums(N, cols, dg, stash_width, grads.db_hh + first_gate * H, max_threads);
+    if (grads.db_hh)
+      add_column_sums(N, cols, dg, stash_width, grads.db_hh + first_gate * H, max_threads);
   });
 }
 
@@ -791,8 +800,9 @@ void backward_impl(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* 
     ws.grad_norms.assign(std::size_t(ws.shape.seq_len), 0.0);
   scatter_state(sc, H, dh.data(), dh0);
   if (Cell::kHasCellState) scatter_state(sc, H, dc.data(), dc0);
-  add_input_weight_gradients<Cell>(ws, grads, max_threads);
-  add_recurrent_weight_gradients<Cell>(ws, grads, max_threads);
+  Buffer<T> h_prev_storage;
+  add_weight_gradients<Cell>(sc.rows, ws.shape.input_size, H, ws.stash.data(), ws.x.data(),
+                             previous_hidden_rows(ws, h_prev_storage), grads, max_threads);
   if (dx) input_gradient<Cell>(ws, w.w_ih, dx, max_threads);
 }
 

@@ -40,27 +40,6 @@ struct StepImplBase {
 template <class Cell, class T>
 std::unique_ptr<StepImplBase<T>> make_step_impl(Index input_size, Index hidden_size);
 
-// c (m x n, ldc) += a^T b for a (k x m, lda), b (k x n, ldb) with few rows k: the weight
-// gradients of a small-batch step, where a general GEMM's set-up costs more than the k rank-1
-// updates themselves.
-template <class T>
-void add_rank_updates(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb,
-                      T* c, Index ldc) {
-  for (Index i = 0; i < m; ++i) {
-    T* ci = c + i * ldc;
-    for (Index r = 0; r < k; ++r) {
-      const T ai = a[r * lda + i];
-      const T* br = b + r * ldb;
-#pragma omp simd
-      for (Index j = 0; j < n; ++j) ci[j] += ai * br[j];
-    }
-  }
-}
-
-// Batches up to this many rows take add_rank_updates for the weight gradients; larger ones a
-// GEMM (parallel_gemm). A round number: at 8 rows the rank updates still stream c once per row.
-inline constexpr Index kRankUpdateRows = 8;
-
 template <class Cell, class T>
 class StepImpl final : public StepImplBase<T> {
   static constexpr int G = Cell::kGates, S = Cell::kStashSlots, Phases = Cell::kPhases;
@@ -209,7 +188,7 @@ class StepImpl final : public StepImplBase<T> {
     }
     if (dh_prev) std::memcpy(dh_prev, dh_.data(), sizeof(T) * B * H_);
     if (Cell::kHasCellState && dc_prev) std::memcpy(dc_prev, dc_.data(), sizeof(T) * B * H_);
-    weight_gradients(B, x, h_prev, stash, grads);
+    add_weight_gradients<Cell>(B, I_, H_, stash, x, h_prev, grads, get_num_threads());
     if (dx) input_gradient(B, stash, dx);
   }
 
@@ -281,36 +260,6 @@ class StepImpl final : public StepImplBase<T> {
     }
     slot = std::move(packs);
     return *slot;
-  }
-
-  // dW_ih += dG_x^T x, dW_hh += dG_h^T operand and the bias sums (as the sequence driver's
-  // add_input_weight_gradients / add_recurrent_weight_gradients over one step's rows).
-  void weight_gradients(Index B, const T* x, const T* h_prev, const T* stash,
-                        const LayerGradients<T>& grads) {
-    const Index stash_width = S * H_;
-    const int max_threads = get_num_threads();
-    const auto add = [&](Index cols, Index k_cols, const T* dg, const T* operand, Index ld_op,
-                         T* dw, T* db) {
-      if (B <= kRankUpdateRows)
-        add_rank_updates(cols, k_cols, B, dg, stash_width, operand, ld_op, dw, k_cols);
-      else
-        parallel_gemm(cols, k_cols, B, dg, stash_width, true, operand, ld_op, false, dw, k_cols,
-                      true, max_threads);
-      if (db) add_column_sums(B, cols, dg, stash_width, db, max_threads);
-    };
-    for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
-      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H_;
-      add((end_gate - first_gate) * H_, I_, dg, x, I_, grads.dw_ih + first_gate * H_ * I_,
-          grads.db_ih ? grads.db_ih + first_gate * H_ : nullptr);
-    });
-    for_each_gate_block<Cell>(WeightSide::kRecurrent, [&](int first_gate, int end_gate) {
-      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kRecurrent) * H_;
-      const int operand_slot = Cell::kGateSlots[first_gate].recurrent_operand;
-      const T* operand = operand_slot < 0 ? h_prev : stash + operand_slot * H_;
-      add((end_gate - first_gate) * H_, H_, dg, operand, operand_slot < 0 ? H_ : stash_width,
-          grads.dw_hh + first_gate * H_ * H_,
-          grads.db_hh ? grads.db_hh + first_gate * H_ : nullptr);
-    });
   }
 
   // dx = dG_x W_ih, gate block by gate block, with W_ih^T packed once per weights.
