@@ -185,6 +185,53 @@ def check_keys(owner, names, keys):
         raise KeyError(f"load_state_dict({owner}): " + "; ".join(parts))
 
 
+class StepTape:
+    """The training steps of a step-by-step module (the cells, attention) not yet
+    back-propagated, last first, each with the thread that ran it. backward takes the most recent
+    one; a thread may not take a step another thread ran while it has pending steps of its own
+    (one module cannot train in several threads at once). Callers hold the module's lock."""
+
+    def __init__(self, owner):
+        self.owner = owner  # the module's class name, for messages
+        self._steps = []
+        self._threads = {}  # thread ident -> its steps on the tape
+
+    def __len__(self):
+        return len(self._steps)
+
+    def push(self, step):
+        thread = threading.get_ident()
+        self._steps.append((step, thread))
+        self._threads[thread] = self._threads.get(thread, 0) + 1
+
+    def last(self):
+        """The step backward would take now; RuntimeError when there is none or it is another
+        thread's while this thread has its own."""
+        if not self._steps:
+            raise RuntimeError(f"{self.owner}.backward() needs a preceding training-mode forward "
+                               "step that has not been back-propagated yet")
+        step, owner = self._steps[-1]
+        me = threading.get_ident()
+        if owner != me and self._threads.get(me):
+            raise RuntimeError(
+                f"{self.owner}.backward(): the most recent pending step was run by another "
+                "thread, while this thread has pending steps of its own; one module cannot "
+                "train in several threads at once (give each thread its own, e.g. "
+                "copy.deepcopy(module))")
+        return step
+
+    def pop(self):
+        step, owner = self._steps.pop()
+        self._threads[owner] -= 1
+        if not self._threads[owner]:
+            del self._threads[owner]
+        return step
+
+    def clear(self):
+        self._steps.clear()
+        self._threads.clear()
+
+
 class Module:
     """Parameters and gradients as dicts of live numpy arrays; train/eval modes; state dicts.
 

@@ -45,12 +45,10 @@ float32 or float64 (`dtype`); inputs of another float dtype are converted.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from . import _core
-from ._base import (Module, as_array, check_lengths, check_parameter_memory, positive_int,
+from ._base import (Module, StepTape, as_array, check_lengths, check_parameter_memory, positive_int,
                     to_numpy, uniform)
 
 SCORES = ("dot", "general", "additive")
@@ -111,7 +109,7 @@ class Attention(Module):
     query_size Q, key_size K; attention_size A (additive only; default K); bias (additive: the
     b of key_proj)."""
 
-    _core_state = ("_steps", "_owners")
+    _core_state = ("_tape",)
 
     def __init__(self, query_size, key_size, score="general", attention_size=None, bias=True,
                  dtype=np.float32, seed=None):
@@ -143,17 +141,15 @@ class Attention(Module):
         self._init_core()
 
     def _init_core(self):
-        self._steps = []  # tapes of training steps not yet back-propagated (LIFO)
-        self._owners = {}  # thread ident -> its pending steps
+        self._tape = StepTape("Attention")  # training steps not yet back-propagated
 
     def _drop_tape(self):
-        self._steps.clear()
-        self._owners.clear()
+        self._tape.clear()
 
     @property
     def pending_steps(self):
         """Training-mode steps not yet back-propagated."""
-        return len(self._steps)
+        return len(self._tape)
 
     def clear_pending(self):
         """Drops every pending training step without back-propagating it."""
@@ -271,9 +267,7 @@ class Attention(Module):
         recording = self._recording() and memory.recording
         if recording:
             with self._lock:
-                thread = threading.get_ident()
-                self._steps.append((memory, own, q, w, u, tanh, thread))
-                self._owners[thread] = self._owners.get(thread, 0) + 1
+                self._tape.push((memory, own, q, w, u, tanh))
                 memory.pending += 1
         return context, w
 
@@ -284,17 +278,7 @@ class Attention(Module):
         returns (dquery, dkeys): dkeys (S, B, K) when that step got plain keys, None when it got
         an AttentionMemory (its key gradient waits there for backward_memory())."""
         with self._lock:
-            if not self._steps:
-                raise RuntimeError(
-                    "Attention.backward() needs a preceding training-mode forward step that has "
-                    "not been back-propagated yet")
-            memory, own, q, w, u, tanh, owner = self._steps[-1]
-            me = threading.get_ident()
-            if owner != me and self._owners.get(me):
-                raise RuntimeError(
-                    "Attention.backward(): the most recent pending step was run by another "
-                    "thread, while this thread has pending steps of its own; one module cannot "
-                    "train in several threads at once")
+            memory, own, q, w, u, tanh = self._tape.last()
             B, S, K = memory.keys.shape
             dc = as_array("dcontext", dcontext, self.dtype)
             if dc.shape != (B, K):
@@ -306,10 +290,7 @@ class Attention(Module):
                 if dw_in.shape != (B, S):
                     raise ValueError(f"dweights must have shape (B, S) = {(B, S)}, "
                                      f"got {dw_in.shape}")
-            self._steps.pop()
-            self._owners[owner] -= 1
-            if not self._owners[owner]:
-                del self._owners[owner]
+            self._tape.pop()
             memory.pending -= 1
 
             kb = memory.keys

@@ -7,14 +7,13 @@ the gradient flowing into each step's new state. Parameter names are PyTorch's c
 """
 from __future__ import annotations
 
-import threading
 import warnings
-from collections import Counter
 
 import numpy as np
 
 from . import _base, _core, _registry
-from ._base import Module, as_array, check_parameter_memory, check_shape, positive_int, uniform
+from ._base import (Module, StepTape, as_array, check_parameter_memory, check_shape, positive_int,
+                    uniform)
 from .precision import check_precision
 
 
@@ -56,14 +55,13 @@ class _CellBase(Module):
             self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_steps", "_owners", "_pending_bytes", "_warned", "_engine", "_engine_version")
+    _core_state = ("_tape", "_pending_bytes", "_warned", "_engine", "_engine_version")
 
     # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
 
     def _init_core(self):
-        self._steps = []  # (record, B, unbatched, thread) of steps not yet back-propagated (LIFO)
-        self._owners = Counter()  # thread ident -> its steps in _steps
+        self._tape = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
         self._pending_bytes = 0
         self._warned = False
         # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
@@ -173,31 +171,21 @@ class _CellBase(Module):
         return self._pack(h_new, c_new, unbatched)
 
     def _push_step(self, record, B, unbatched):
-        thread = threading.get_ident()
-        self._steps.append((record, B, unbatched, thread))
-        self._owners[thread] += 1
+        self._tape.push((record, B, unbatched))
         self._pending_bytes += record.nbytes
         if self._pending_bytes > self.pending_warn_bytes and not self._warned:
             self._warned = True
             warnings.warn(
-                f"{type(self).__name__} holds {len(self._steps)} training-mode forward steps "
+                f"{type(self).__name__} holds {len(self._tape)} training-mode forward steps "
                 f"({self._pending_bytes / 2**20:.0f} MiB of records) that no backward has "
                 "consumed, and each further step adds to them; call backward() for them, "
                 "clear_pending() to drop them, or eval() for inference",
                 PendingStepsWarning, stacklevel=3)
 
-    def _pop_step(self):
-        record, B, unbatched, thread = self._steps.pop()
-        self._owners[thread] -= 1
-        if not self._owners[thread]:
-            del self._owners[thread]
-        self._pending_bytes -= record.nbytes
-        return record, B, unbatched
-
     @property
     def pending_steps(self):
         """Training-mode forward steps not yet back-propagated."""
-        return len(self._steps)
+        return len(self._tape)
 
     def clear_pending(self):
         """Drops every pending training step (and its record) without back-propagating it."""
@@ -210,28 +198,17 @@ class _CellBase(Module):
         dstate: gradient w.r.t. that step's new state (dh, or (dh, dc)). Adds parameter
         gradients into `grads`; returns (dx, dstate_prev) with dstate_prev shaped like the state."""
         with self._lock:
-            if not self._steps:
-                raise RuntimeError(
-                    f"{type(self).__name__}.backward() needs a preceding training-mode forward "
-                    "step that has not been back-propagated yet")
-            _, B, unbatched, owner = self._steps[-1]
-            me = threading.get_ident()
-            if owner != me and self._owners[me]:
-                raise RuntimeError(
-                    f"{type(self).__name__}.backward(): the most recent pending step was run by "
-                    "another thread, while this thread has pending steps of its own; one cell "
-                    "cannot train in several threads at once (give each thread its own cell, "
-                    "e.g. copy.deepcopy(cell))")
+            _, B, unbatched = self._tape.last()
             dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
             if self._engine_version != _base._parameter_version[0]:
                 self._sync_engine()
-            record = self._pop_step()[0]
+            record = self._tape.pop()[0]
+            self._pending_bytes -= record.nbytes
             dx, dh0, dc0 = self._engine.backward(record, dh, dc, self.grads)
         return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
 
     def _drop_tape(self):
-        self._steps.clear()
-        self._owners.clear()
+        self._tape.clear()
         self._pending_bytes = 0
         self._warned = False
 
