@@ -72,6 +72,7 @@ class _CellBase(Module):
         self._engine_version = None
 
     def _sync_engine(self):
+        """Repacks the engine's weights when the parameter version has moved since."""
         version = _base._parameter_version[0]
         if self._engine_version != version:
             self._engine.set_weights(self.params)
@@ -105,11 +106,10 @@ class _CellBase(Module):
             return self._state(name[0], state, batch, unbatched), None
         if state is None:
             return None, None
-        if type(state) is not tuple or len(state) != 2:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
-                                f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
-                                f"{type(state).__name__}")
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
+                            f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
+                            f"{type(state).__name__}")
         return (self._state(name[0], state[0], batch, unbatched),
                 self._state(name[1], state[1], batch, unbatched))
 
@@ -133,18 +133,12 @@ class _CellBase(Module):
             else:
                 h, c = state, None
             if (h is None or type(h) is np.ndarray) and (c is None or type(c) is np.ndarray):
-                with self._lock:
-                    if self._engine_version != _base._parameter_version[0]:
-                        self._sync_engine()
-                    training = self.training and _base.grad_enabled()
-                    try:
-                        h_new, c_new, record = self._engine.forward(x, h, c, training)
-                    except (TypeError, ValueError):
-                        pass
-                    else:
-                        if training:
-                            self._push_step(record, x.shape[0], False)
-                        return (h_new, c_new) if self._has_cell_state else h_new
+                try:
+                    h_new, c_new = self._step(x, h, c, False)
+                except (TypeError, ValueError):
+                    pass  # the checked path converts what it can, or raises in its own words
+                else:
+                    return (h_new, c_new) if self._has_cell_state else h_new
         return self._checked_forward(x, state)
 
     __call__ = forward  # one call frame less per step than Module.__call__
@@ -159,16 +153,20 @@ class _CellBase(Module):
         else:
             raise ValueError(f"x must have shape (B, {self.input_size}) or ({self.input_size},), "
                              f"got {x.shape}")
-        B = x.shape[0]
-        h, c = self._split(("h", "c"), state, B, unbatched)
+        h, c = self._split(("h", "c"), state, x.shape[0], unbatched)
+        h_new, c_new = self._step(x, h, c, unbatched)
+        return self._pack(h_new, c_new, unbatched)
+
+    def _step(self, x, h, c, unbatched):
+        """One engine step (x (B, I), states (B, H) or None) under the module's lock; in training
+        mode the step's record goes on the tape for backward."""
         with self._lock:
-            if self._engine_version != _base._parameter_version[0]:
-                self._sync_engine()
+            self._sync_engine()
             training = self._recording()
             h_new, c_new, record = self._engine.forward(x, h, c, training)
             if training:
-                self._push_step(record, B, unbatched)
-        return self._pack(h_new, c_new, unbatched)
+                self._push_step(record, x.shape[0], unbatched)
+        return h_new, c_new
 
     def _push_step(self, record, B, unbatched):
         self._tape.push((record, B, unbatched))
@@ -200,8 +198,7 @@ class _CellBase(Module):
         with self._lock:
             _, B, unbatched = self._tape.last()
             dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
-            if self._engine_version != _base._parameter_version[0]:
-                self._sync_engine()
+            self._sync_engine()
             record = self._tape.pop()[0]
             self._pending_bytes -= record.nbytes
             dx, dh0, dc0 = self._engine.backward(record, dh, dc, self.grads)
