@@ -708,6 +708,11 @@ PYBIND11_MODULE(_core, m) {
         "out (=|+=) op(a) op(b) on rnncore's threads; 2-D C-contiguous float32 or float64 arrays "
         "of one dtype (op = transpose when trans_*). Returns out (allocated when None).");
   m.def("fma_peak", [](int threads, double seconds) {
+          if (!(seconds > 0 && seconds <= 60))
+            throw py::value_error("seconds must be in (0, 60], got " + std::to_string(seconds));
+          if (threads < 0)
+            throw py::value_error("threads must be >= 0 (0: rnncore's count), got " +
+                                  std::to_string(threads));
           py::gil_scoped_release nogil;
           return rnncore::fma_peak_gflops(threads, seconds);
         }, py::arg("threads") = 0, py::arg("seconds") = 0.2,

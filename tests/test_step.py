@@ -106,6 +106,10 @@ def test_step_errors_name_the_argument(rng):
         _core.Step("gru", 3, 5, np.int32)
     with pytest.raises(ValueError, match="unknown cell 'gruu'"):
         _core.Step("gruu", 3, 5, np.float32)
+    with pytest.raises(ValueError, match=r"seconds must be in \(0, 60\], got -1"):
+        _core.fma_peak(1, -1.0)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        _core.fma_peak(-2)
 
 
 # ---- the packed weights of a cell follow its parameters -------------------------------------
