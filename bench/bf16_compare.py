@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import rnncore
-from rnncore import _core
+from rnncore._ext import core as _core
 
 
 def load_ok(max_load, wait):

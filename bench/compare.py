@@ -3,7 +3,7 @@
 thing from a source checkout: `python bench/compare.py --help`."""
 import sys
 
-from rnncore.benchmark import main
+from rnncore.apps.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

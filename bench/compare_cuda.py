@@ -41,8 +41,8 @@ def main(argv=None):
     import torch
     import rnncore
     import rnncore.torch as rt
-    from rnncore import _registry
-    from rnncore._torch_twin import torch_twin
+    from rnncore.nn import registry as _registry
+    from rnncore.testing.torch_twin import torch_twin
 
     if not (rnncore.cuda.cuda_available() and torch.cuda.is_available()):
         print(f"no GPU path here: {rnncore.cuda.cuda_status()}; torch CUDA: "
@@ -61,7 +61,7 @@ def main(argv=None):
         if twin is None:
             print(f"{cell:<18}  (torch.nn has no twin; compare with the CPU path instead)")
             continue
-        cls, options = _registry._MODULES[cell]
+        cls, options = _registry.module_variant(cell)
         for size in args.sizes:
             T, B, H = (int(v) for v in size.split("x"))
             torch.manual_seed(0)

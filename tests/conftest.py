@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _registry
-from rnncore._registry import make_cell, make_module  # noqa: F401  (the tests import them from here)
-from rnncore._torch_twin import torch_twin
+from rnncore.nn import registry as _registry
+from rnncore.nn.registry import make_cell, make_module  # noqa: F401  (the tests import them from here)
+from rnncore.testing.torch_twin import torch_twin
 
 SIZES = (1, 3, 17, 65)
 CELLS = tuple(_registry.CELLS)  # the C++ registry's cells, in its order

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _core
+from rnncore._ext import core as _core
 from rnncore.precision import bf16_kernel, bf16_supported, check_precision
 from conftest import CELLS, make_module
 
@@ -206,7 +206,7 @@ def test_float32_default_unchanged_and_scope_does_not_leak(rng):
 
 FALLBACK_SCRIPT = r"""
 import numpy as np
-from rnncore import _core
+from rnncore._ext import core as _core
 assert _core.bf16_kernel() == "none", _core.bf16_kernel()
 rng = np.random.default_rng(0)
 p = {"weight_ih_l0": rng.standard_normal((136, 17)).astype(np.float32),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import rnncore
-from rnncore import _core
+from rnncore._ext import core as _core
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import pytest
 
 import rnncore
 from rnncore import caption, checkpoint
-from rnncore.caption import (CELL, COLOURS, EOS, GRID, PAD, PATCH, REGIONS, SHAPES, STOI,
-                             Captioner, decode, make_dataset, make_example, regions, shape_mask)
+from rnncore.caption import decode, make_dataset, make_example, shape_mask
+from rnncore.models.captioner import (CELL, COLOURS, EOS, GRID, PAD, PATCH, REGIONS, SHAPES, STOI,
+                                      Captioner, regions)
 from rnncore.losses import cross_entropy
 
 

@@ -20,7 +20,8 @@ import pytest
 
 import rnncore
 from conftest import UNDER_ASAN
-from rnncore import _core, _registry
+from rnncore._ext import core as _core
+from rnncore.nn import registry as _registry
 from rnncore import cuda as rcuda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,11 +278,11 @@ def _module(cell, dtype, **kw):
 def _torch_pair(torch, cell, **kw):
     """(torch.nn twin, rnncore.torch module) of a registry cell, or a skip when torch has none."""
     import rnncore.torch as rt
-    from rnncore._torch_twin import torch_twin
+    from rnncore.testing.torch_twin import torch_twin
     twin = torch_twin(cell)
     if twin is None:
         pytest.skip(f"torch.nn has no module computing {cell}")
-    cls, options = _registry._MODULES[cell]
+    cls, options = _registry.module_variant(cell)
     theirs = twin[0](3, 6, **twin[1], **kw)
     ours = getattr(rt, cls.__name__)(3, 6, **options, **kw)
     return theirs, ours
@@ -428,7 +429,7 @@ def test_gpu_gradients_pass_a_float64_gradient_check(cell):
     # with variable lengths and both directions.
     torch = _gpu_torch()
     import rnncore.torch as rt
-    cls, options = _registry._MODULES[cell]
+    cls, options = _registry.module_variant(cell)
     m = getattr(rt, cls.__name__)(2, 3, bidirectional=True, dtype=torch.float64, **options).cuda()
     x = torch.randn(4, 2, 2, dtype=torch.float64, device="cuda", requires_grad=True)
     lengths = torch.tensor([4, 2])

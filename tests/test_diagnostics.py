@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import diagnostics, reference
+from rnncore import diagnostics
+from rnncore.testing import reference
 from conftest import CELLS, has_cell_state, make_module, ref_params_of
 
 

@@ -4,7 +4,7 @@ import pytest
 
 import rnncore
 from conftest import CELLS, has_cell_state, make_cell, make_module, state_tuple
-from rnncore import _registry
+from rnncore.nn import registry as _registry
 
 
 def hx_for(cell, *arrays):

@@ -10,7 +10,7 @@ import pytest
 
 import rnncore
 from rnncore import experiments as E
-from rnncore.cli import main
+from rnncore.apps.cli import main
 
 ADDING, COPY = E.TASKS["adding"], E.TASKS["copy"]
 

@@ -13,7 +13,7 @@ import pytest
 import rnncore
 from conftest import (CELLS, REF_NAMES, SIZES, has_cell_state, make_module, pack_state,
                       ref_params_of, state_tuple)
-from rnncore import reference
+from rnncore.testing import reference
 
 TOL = 1e-10  # float64: the core and the reference differ only in summation order
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _core
+from rnncore._ext import core as _core
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,7 +7,7 @@ import pytest
 
 import rnncore
 from rnncore import checkpoint
-from rnncore.cli import main
+from rnncore.apps.cli import main
 from rnncore.lm import LanguageModel, Vocabulary, default_corpus, generate, load_model
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rnncore._base import Module
+from rnncore.nn.module import Module
 from rnncore.optim import (SGD, Adam, AdamW, CosineWarmup, ReduceLROnPlateau, RMSprop, StepLR,
                            clip_grad_norm, clip_grad_value)
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import rnncore  # noqa: E402
-from rnncore import reference  # noqa: E402
+from rnncore.testing import reference  # noqa: E402
 from conftest import CELLS, has_cell_state, make_module, ref_params_of  # noqa: E402
 
 EXAMPLES = int(os.environ.get("RNNCORE_HYPOTHESIS_EXAMPLES", "40"))

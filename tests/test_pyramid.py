@@ -22,7 +22,7 @@ def _explicit_pairs(y):
 def test_matches_plain_layers_and_explicit_pairing(rng, cell, T, layers):
     B, I, H = 3, 4, 5
     enc = PyramidEncoder(I, H, num_layers=layers, cell=cell, dtype=np.float64, seed=1)
-    make = (lambda *a, **kw: rnncore._registry.make_module(cell, *a, **kw)) \
+    make = (lambda *a, **kw: rnncore.nn.registry.make_module(cell, *a, **kw)) \
         if isinstance(cell, str) else cell
     plain = [make(I if k == 0 else 4 * H, H, bidirectional=True, dtype=np.float64)
              for k in range(layers)]

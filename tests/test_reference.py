@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import CELLS, cells_with_torch_twin, torch_twin
-from rnncore import reference
+from rnncore.testing import reference
 
 
 def weighted_loss(cell, p, x, state, reverse, lengths, wy, ws):

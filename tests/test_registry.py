@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _core, _registry, reference
+from rnncore._ext import core as _core
+from rnncore.nn import registry as _registry
+from rnncore.testing import reference
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REGISTRY = ROOT / "cpp/include/rnncore/cells.hpp"
@@ -46,7 +48,7 @@ def test_shapes_agree(entry):
 def test_reference_does_not_import_the_core():
     # It is the oracle of the core, so it must not lean on it: load the file on its own.
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('ref', {str(ROOT / 'python/rnncore/reference.py')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('ref', {str(ROOT / 'python/rnncore/testing/reference.py')!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             "print(sorted(n for n in sys.modules if n.startswith('rnncore')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -67,10 +69,12 @@ def check_param_shapes(params, suffix, info, I, H):
 def test_every_cell_has_a_public_module_and_cell_class(name):
     I, H = 3, 5
     info = _registry.CELLS[name]
-    for table, make, suffix in ((_registry._MODULES, _registry.make_module, "_l0"),
-                                (_registry._CELL_CLASSES, _registry.make_cell, "")):
-        assert name in table, f"no public class declares {name!r} in its `variants`"
-        cls, options = table[name]
+    for variant, make, suffix in ((_registry.module_variant, _registry.make_module, "_l0"),
+                                  (_registry.cell_variant, _registry.make_cell, "")):
+        try:
+            cls, options = variant(name)
+        except KeyError:
+            pytest.fail(f"no public class declares {name!r} in its `variants`")
         assert getattr(rnncore, cls.__name__, None) is cls, f"{cls.__name__} is not public"
         for m in (cls(I, H, **options), make(name, I, H)):
             assert type(m) is cls and m.cell == name
@@ -87,15 +91,15 @@ def test_unknown_cell_names_are_rejected(make):
 SCANNED = ("cpp", "bindings", "python/rnncore")
 # Not code that lists cells but data about some of them: the benchmark's measured
 # configurations (from the performance issues), as when it lived in bench/.
-NOT_SCANNED = {"python/rnncore/benchmark.py"}
+NOT_SCANNED = {"python/rnncore/apps/bench.py"}
 CPP_SUFFIXES = {".hpp", ".h", ".cpp", ".cc", ".cu", ".cuh", ".in"}
 # The public-class files may name a cell only inside a `variants = {...}` mapping.
-VARIANT_FILES = {"python/rnncore/modules.py", "python/rnncore/cells.py"}
+VARIANT_FILES = {"python/rnncore/nn/recurrent.py", "python/rnncore/nn/cells.py"}
 # (file, cell) pairs allowed outside the three places, each with why. Keep this short:
 # test_exceptions_are_still_needed fails once one is no longer used, so stale entries go.
 EXCEPTIONS = {
-    ("python/rnncore/echo.py", "lstm"): "the CLI's default --cell: one choice, not a list",
-    ("python/rnncore/lm.py", "lstm"): "the language model's default cell: one choice, not a list",
+    ("python/rnncore/apps/echo.py", "lstm"): "the CLI's default --cell: one choice, not a list",
+    ("python/rnncore/models/lm.py", "lstm"): "the language model's default cell: one choice, not a list",
 }
 
 _CPP_TOKEN = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|[A-Za-z_]\w*',
@@ -188,7 +192,7 @@ def mentions():
 @pytest.mark.parametrize("name", NAMES)
 def test_adding_a_cell_touches_three_places(name, mentions):
     own_header = registry_headers()[name]
-    required = {own_header, "cpp/include/rnncore/cells.hpp", "python/rnncore/reference.py"}
+    required = {own_header, "cpp/include/rnncore/cells.hpp", "python/rnncore/testing/reference.py"}
     optional = {f + "::variants" for f in VARIANT_FILES}
     files = mentions[name]
     missing = required - set(files)

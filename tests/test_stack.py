@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import _core, _registry
+from rnncore._ext import core as _core
+from rnncore.nn import registry as _registry
 
 from conftest import CELLS, make_module, state_tuple
 

@@ -17,7 +17,8 @@ import pytest
 
 import rnncore
 from conftest import CELLS, has_cell_state, torch_twin
-from rnncore import _registry, reference
+from rnncore.nn import registry as _registry
+from rnncore.testing import reference
 
 torch = pytest.importorskip("torch", reason="PyTorch 2.13 is not installed: rnncore.torch "
                                             "needs it, and torch.nn is the oracle")
@@ -35,7 +36,7 @@ REF_KEYS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_h
 def make_torch_module(cell, input_size, hidden_size, **kwargs):
     """The rnncore.torch module that runs registry cell `cell` (the class named like the numpy
     module of that cell, with the same options)."""
-    cls, options = _registry._MODULES[cell]
+    cls, options = _registry.module_variant(cell)
     return getattr(rt, cls.__name__)(input_size, hidden_size, **options, **kwargs)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 import rnncore
 from conftest import CELLS
-from rnncore.cli import main
+from rnncore.apps.cli import main
 from rnncore.optim import SGD, Adam, clip_grad_norm
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import CELLS, SIZES, make_module, module_params, state_tuple
-from rnncore import reference
+from rnncore.testing import reference
 
 TOL = {np.float64: (1e-12, 1e-10), np.float32: (2e-5, 2e-4)}  # atol, rtol
 

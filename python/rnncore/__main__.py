@@ -1,7 +1,7 @@
 """`python -m rnncore`: the same as the `rnncore` command (rnncore.cli)."""
 import sys
 
-from rnncore.cli import main
+from rnncore.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,11 +26,11 @@ packing of many small arrays into a few buffers per collective call.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
-from ._base import parameters_changed
-from .optim import _named_pairs
+import torch
+from rnncore.nn.module import parameters_changed
+from rnncore.train.optim import _named_pairs
 
 __all__ = ["broadcast_parameters", "all_reduce_gradients"]
 

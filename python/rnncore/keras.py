@@ -25,9 +25,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._interop import blocks as _blocks, inverse as _inverse
-from . import _registry
-from .modules import GRU, LSTM, RNN, _RNNBase
+from rnncore._interop import blocks as _blocks
+from rnncore._interop import inverse as _inverse
+from rnncore.nn import registry as _registry
+from rnncore.nn.recurrent import GRU, LSTM, RNN, _RNNBase
 
 
 class _KerasLayer(NamedTuple):
@@ -58,7 +59,7 @@ def _keras_form(cls, options):
 
 def _cell_form(cell):
     """The Keras layer of a registry cell, through the public class that runs it, or None."""
-    return _keras_form(*_registry._MODULES[cell]) if cell in _registry._MODULES else None
+    return _keras_form(*_registry.module_variant(cell)) if cell in _registry.CELLS else None
 
 
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
@@ -118,7 +119,7 @@ def load_keras_weights(module, weights):
     into the module; returns it. Checks the count and every shape first (ValueError naming the
     layer and the array), then loads all at once."""
     spec = _spec(module)
-    from ._base import to_numpy
+    from rnncore.nn.module import to_numpy
     if not isinstance(weights, Sequence) or len(weights) != module.num_layers:
         got = len(weights) if isinstance(weights, Sequence) else type(weights).__name__
         raise ValueError(f"weights must be a list of {module.num_layers} per-layer lists "
@@ -252,7 +253,7 @@ _LABELS = {"D": "directions", "bias": "use_bias"}  # _describe's keys as the mes
 
 def _value(variable):
     """A numpy copy of a Keras variable's value (any backend)."""
-    from ._base import to_numpy
+    from rnncore.nn.module import to_numpy
     return np.array(to_numpy(getattr(variable, "value", variable)), copy=True)
 
 
@@ -288,8 +289,8 @@ def from_keras(layers, *, batch_first=True, dtype=None):
     the weights, and are not carried over.
     batch_first: the module's layout (default True, Keras' (B, T, features)).
     dtype: the module's dtype (default: float64 for float64 Keras weights, float32 otherwise)."""
-    from ._base import float_dtype
-    from ._registry import make_module
+    from rnncore.nn.module import float_dtype
+    from rnncore.nn.registry import make_module
 
     layers = _keras_layers(layers)
     described = _describe(layers)

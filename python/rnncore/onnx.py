@@ -26,9 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._interop import blocks as _blocks, inverse as _inverse
-from . import _registry
-from .modules import GRU, LSTM, RNN, _RNNBase
+from rnncore._interop import blocks as _blocks
+from rnncore._interop import inverse as _inverse
+from rnncore.nn import registry as _registry
+from rnncore.nn.recurrent import GRU, LSTM, RNN, _RNNBase
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # the LSTM/GRU/RNN definitions with the `layout` attribute (read on import)
@@ -107,7 +108,7 @@ def _export_form(module):
     if not isinstance(module, _RNNBase):
         raise TypeError(f"model must be an rnncore RNN, LSTM, PeepholeLSTM or GRU module or an "
                         f"rnncore.lm.LanguageModel, got {type(module).__name__}")
-    cls, options = _registry._MODULES[module.cell]
+    cls, options = _registry.module_variant(module.cell)
     operator = _OPERATORS.get(cls)
     value = options.get(operator.option) if operator else None
     if operator is None or set(options) != {operator.option} or (
@@ -215,8 +216,8 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     model's dtype; onnxruntime's CPU operators run float32 only). Dropout is not exported (an
     inference graph). opset: the ONNX opset, >= 14."""
     onnx = _require_onnx()
-    from ._base import float_dtype
-    from .lm import LanguageModel
+    from rnncore.apps.lm import LanguageModel
+    from rnncore.nn.module import float_dtype
 
     lm = isinstance(model, LanguageModel)
     module = model.rnn if lm else model
@@ -282,7 +283,7 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     graph = onnx.helper.make_graph(g.nodes, f"rnncore_{type(model).__name__}", inputs, outputs,
                                    g.initializers)
     opsets = [onnx.helper.make_opsetid("", opset)]
-    from . import __version__
+    from rnncore import __version__
     proto = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="rnncore",
                                    producer_version=__version__,
                                    doc_string=f"rnncore {model!r}")
@@ -395,7 +396,7 @@ def _node_layer(onnx, node, constants):
         raise ValueError(f"{what}: hidden_size attribute {attrs['hidden_size']} does not match R "
                          f"of shape {R.shape}")
     cell = _import_cell(what, node.op_type, attrs, D, P is not None)
-    spec = _OPERATORS[_registry._MODULES[cell][0]]
+    spec = _OPERATORS[_registry.module_variant(cell)[0]]
     G = len(spec.order)
     I = W.shape[2]
     for label, a, shape in (("W", W, (D, G * H, I)), ("R", R, (D, G * H, H)),
@@ -476,8 +477,8 @@ def from_onnx(model, nodes=None, *, batch_first=None, dtype=None):
     nothing about it). dtype: the module's dtype (default: float64 for double weights, float32
     otherwise). ValueError names the node and what does not fit."""
     onnx = _require_onnx()
-    from ._base import float_dtype
-    from ._registry import make_module
+    from rnncore.nn.module import float_dtype
+    from rnncore.nn.registry import make_module
 
     proto = _load(onnx, model)
     graph = proto.graph

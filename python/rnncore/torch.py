@@ -34,12 +34,13 @@ import threading
 import warnings
 
 import numpy as np
-import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _core, _registry
-from . import cuda as _cuda_path
-from . import modules as _numpy_modules
+import torch
+from rnncore._ext import core
+from rnncore.nn import cuda as _cuda_path
+from rnncore.nn import recurrent as _numpy_modules
+from rnncore.nn import registry as _registry
 
 __all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "InputError"]
 
@@ -81,7 +82,7 @@ class _Engine:
                     return self._free.pop(i)[1]
         if device is not None:
             return _cuda_path.CudaStack(*self._args, dtype)
-        return _core.Stack(*self._args, dtype)
+        return core.Stack(*self._args, dtype)
 
     def release(self, dtype, stack, device=None):
         key = dtype if device is None else (dtype, str(device))

@@ -1,0 +1,267 @@
+"""Single-step cells: one time step per call, for loops written by hand (decoders, generation).
+
+A cell in training mode remembers every forward step it has not yet back-propagated, so a manual
+loop can run forward over t = 0..T-1 and then call backward T times (last step first), passing
+the gradient flowing into each step's new state. Parameter names are PyTorch's cell names
+(weight_ih, weight_hh, bias_ih, bias_hh), plus weight_peephole (3, H) for the peephole LSTM.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from rnncore._ext import core
+from rnncore.nn import module as _base
+from rnncore.nn import registry as _registry
+from rnncore.nn.module import (
+    Module,
+    StepTape,
+    as_array,
+    check_parameter_memory,
+    check_shape,
+    positive_int,
+    uniform,
+)
+from rnncore.nn.precision import check_precision
+
+
+class PendingStepsWarning(RuntimeWarning):
+    """A cell in training mode holds the workspaces of many forward steps that no backward has
+    consumed (memory grows with every step until backward(), eval() or clear_pending())."""
+
+
+class _CellBase(Module):
+    _has_cell_state = False
+    variants = {}  # registry cell -> the constructor options that select it
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _registry.register_cell(cls)
+
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed, precision="float32"):
+        super().__init__(dtype)
+        self.precision = check_precision(precision, self.dtype)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self.cell = cell
+        self.cell_info = _registry.info(cell)
+        G, H, I, P = self.cell_info.gates, self.hidden_size, self.input_size, self.cell_info.peephole_rows
+        check_parameter_memory(f"{type(self).__name__}({I}, {H})",
+                               G * H * (I + H) + (2 * G * H if self.bias else 0) + P * H, self.dtype)
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(H)
+        u = lambda *shape: uniform(rng, k, shape, self.dtype)
+        zeros = lambda *shape: np.zeros(shape, dtype=self.dtype)
+        identity = self._identity_init()
+        self._add_param("weight_ih", u(G * H, I))
+        self._add_param("weight_hh", np.eye(H, dtype=self.dtype) if identity else u(G * H, H))
+        if self.bias:
+            self._add_param("bias_ih", zeros(G * H) if identity else u(G * H))
+            self._add_param("bias_hh", zeros(G * H) if identity else u(G * H))
+        if P:
+            self._add_param("weight_peephole", u(P, H))
+        self._init_core()
+
+    _core_state = ("_tape", "_pending_bytes", "_warned", "_engine", "_engine_version")
+
+    # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
+    pending_warn_bytes = 1 << 30
+
+    def _init_core(self):
+        self._tape = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
+        self._pending_bytes = 0
+        self._warned = False
+        # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
+        # parameter version has moved since (optimisers, load_state_dict, replaced arrays,
+        # parameters_changed()) and, in C++, when a probe of sampled values sees them change.
+        self._engine = core.Step(self.cell, self.input_size, self.hidden_size, self.dtype,
+                                  getattr(self, "precision", "float32"))
+        self._engine_version = None
+
+    def _sync_engine(self):
+        """Repacks the engine's weights when the parameter version has moved since."""
+        version = _base._parameter_version[0]
+        if self._engine_version != version:
+            self._engine.set_weights(self.params)
+            self._engine_version = version
+
+    def _identity_init(self):
+        """W_hh = I and zero biases (IRNN), as rnncore.RNN(nonlinearity="relu")."""
+        return False
+
+    def _array(self, name, value):
+        # The common case (a C-contiguous array of the cell's dtype) without as_array's checks.
+        if type(value) is np.ndarray and value.dtype == self.dtype and value.flags.c_contiguous:
+            return value
+        return as_array(name, value, self.dtype)
+
+    def _state(self, name, value, batch, unbatched):
+        if value is None:
+            return None
+        shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+        if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
+                and value.flags.c_contiguous):
+            return value.reshape(1, -1) if unbatched else value  # the common case, no copies
+        if isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
+        a = as_array(name, value, self.dtype)
+        check_shape(name, a, shape)
+        return a.reshape(batch, self.hidden_size)
+
+    def _split(self, name, state, batch, unbatched):
+        if not self._has_cell_state:
+            return self._state(name[0], state, batch, unbatched), None
+        if state is None:
+            return None, None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{'state' if name[0] == 'h' else 'dstate'} must be a tuple "
+                            f"({name[0]}, {name[1]}) for {type(self).__name__}, got "
+                            f"{type(state).__name__}")
+        return (self._state(name[0], state[0], batch, unbatched),
+                self._state(name[1], state[1], batch, unbatched))
+
+    def _pack(self, h, c, unbatched):
+        if unbatched:
+            h = h[0]
+            c = None if c is None else c[0]
+        return (h, c) if self._has_cell_state else h
+
+    def forward(self, x, state=None):
+        """One step. x: (B, input_size) or (input_size,); state: h (B, H), or (h, c) for LSTM
+        cells, zeros if None. Returns the new state in the same form."""
+        # The common case, batched numpy arrays, goes straight to the engine, which checks their
+        # dtype, layout and shapes itself; anything else (and any error) takes the checked path,
+        # which converts what it can and words the errors.
+        if type(x) is np.ndarray and x.ndim == 2:
+            if state is None:
+                h = c = None
+            elif self._has_cell_state:
+                h, c = state if type(state) is tuple and len(state) == 2 else (0, 0)
+            else:
+                h, c = state, None
+            if (h is None or type(h) is np.ndarray) and (c is None or type(c) is np.ndarray):
+                try:
+                    h_new, c_new = self._step(x, h, c, False)
+                except (TypeError, ValueError):
+                    pass  # the checked path converts what it can, or raises in its own words
+                else:
+                    return (h_new, c_new) if self._has_cell_state else h_new
+        return self._checked_forward(x, state)
+
+    __call__ = forward  # one call frame less per step than Module.__call__
+
+    def _checked_forward(self, x, state):
+        x = self._array("x", x)
+        if x.ndim == 2 and x.shape[1] == self.input_size:
+            unbatched = False
+        elif x.ndim == 1 and x.shape[0] == self.input_size:
+            unbatched = True
+            x = x.reshape(1, -1)
+        else:
+            raise ValueError(f"x must have shape (B, {self.input_size}) or ({self.input_size},), "
+                             f"got {x.shape}")
+        h, c = self._split(("h", "c"), state, x.shape[0], unbatched)
+        h_new, c_new = self._step(x, h, c, unbatched)
+        return self._pack(h_new, c_new, unbatched)
+
+    def _step(self, x, h, c, unbatched):
+        """One engine step (x (B, I), states (B, H) or None) under the module's lock; in training
+        mode the step's record goes on the tape for backward."""
+        with self._lock:
+            self._sync_engine()
+            training = self._recording()
+            h_new, c_new, record = self._engine.forward(x, h, c, training)
+            if training:
+                self._push_step(record, x.shape[0], unbatched)
+        return h_new, c_new
+
+    def _push_step(self, record, B, unbatched):
+        self._tape.push((record, B, unbatched))
+        self._pending_bytes += record.nbytes
+        if self._pending_bytes > self.pending_warn_bytes and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__} holds {len(self._tape)} training-mode forward steps "
+                f"({self._pending_bytes / 2**20:.0f} MiB of records) that no backward has "
+                "consumed, and each further step adds to them; call backward() for them, "
+                "clear_pending() to drop them, or eval() for inference",
+                PendingStepsWarning, stacklevel=3)
+
+    @property
+    def pending_steps(self):
+        """Training-mode forward steps not yet back-propagated."""
+        return len(self._tape)
+
+    def clear_pending(self):
+        """Drops every pending training step (and its record) without back-propagating it."""
+        with self._lock:
+            self._drop_tape()
+
+    def backward(self, dstate):
+        """Back-propagates the most recent forward step not yet back-propagated.
+
+        dstate: gradient w.r.t. that step's new state (dh, or (dh, dc)). Adds parameter
+        gradients into `grads`; returns (dx, dstate_prev) with dstate_prev shaped like the state."""
+        with self._lock:
+            _, B, unbatched = self._tape.last()
+            dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
+            self._sync_engine()
+            record = self._tape.pop()[0]
+            self._pending_bytes -= record.nbytes
+            dx, dh0, dc0 = self._engine.backward(record, dh, dc, self.grads)
+        return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
+
+    def _drop_tape(self):
+        self._tape.clear()
+        self._pending_bytes = 0
+        self._warned = False
+
+
+class RNNCell(_CellBase):
+    """One step of h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
+                 seed=None, precision="float32"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(_registry.select(RNNCell, nonlinearity=nonlinearity), input_size,
+                         hidden_size, bias, dtype, seed, precision)
+
+    def _identity_init(self):
+        return self.nonlinearity == "relu"
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step; state (h, c). peephole=True adds diagonal peepholes."""
+    variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
+    _has_cell_state = True
+
+    def __init__(self, input_size, hidden_size, bias=True, peephole=False, dtype=np.float32,
+                 seed=None, precision="float32"):
+        self.peephole = bool(peephole)
+        super().__init__(_registry.select(LSTMCell, peephole=self.peephole), input_size,
+                         hidden_size, bias, dtype, seed, precision)
+
+
+class PeepholeLSTMCell(LSTMCell):
+    """LSTMCell(..., peephole=True)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
+                 precision="float32"):
+        super().__init__(input_size, hidden_size, bias, peephole=True, dtype=dtype, seed=seed,
+                         precision=precision)
+
+
+class GRUCell(_CellBase):
+    """One GRU step; reset_after selects the candidate form (see rnncore.GRU)."""
+    variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
+
+    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
+                 seed=None, precision="float32"):
+        self.reset_after = bool(reset_after)
+        super().__init__(_registry.select(GRUCell, reset_after=self.reset_after), input_size,
+                         hidden_size, bias, dtype, seed, precision)

@@ -1,0 +1,355 @@
+"""Checkpoints without pickle: one safetensors file holding the tensors, with JSON beside them.
+
+    rnncore.checkpoint.save("lm.safetensors", model, opt, sched, step=step, rng=rng,
+                            config={"hidden": 256}, extra={"val_bpc": 1.9})
+    ck = rnncore.checkpoint.restore("lm.safetensors", model, opt, sched, rng=rng)  # -> Checkpoint
+    ck = rnncore.checkpoint.load("lm.safetensors")                   # read only (e.g. to sample)
+
+The file (safetensors: an 8-byte header length, a JSON header, the raw tensor bytes):
+  tensors   "model.<name>"             every model parameter, in its dtype
+            "optim.<name>.<buffer>"    the optimiser's state ("optim.rnn.weight_ih_l0.exp_avg")
+            "arrays.<name>"            save(arrays=...): other arrays (a carried TBPTT state)
+  metadata  "format": "rnncore-checkpoint", "format_version": "1",
+            "meta": JSON {step, config, extra, rng (numpy bit-generator state), module_rngs (the
+                    modules' own generators: dropout), optimizer {type, hyperparameters, step,
+                    params}, scheduler (its state dict)}
+            "sha256": over "meta" and every tensor's name, dtype, shape and bytes
+Non-finite floats in the JSON (a plateau schedule's initial best = inf) are written as
+{"__float__": "inf"}, so the JSON stays standard.
+
+Writes are atomic: a temporary file in the same directory, flushed and fsync'ed, then
+os.replace, then the directory fsync'ed: a crash leaves the old checkpoint or the new one.
+Reading checks everything before anything is changed: a truncated, corrupted (checksum), foreign
+or mismatched file raises CheckpointError (a ValueError) naming the file and what is wrong, and
+the model, optimiser, schedule and generators are left as they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import numbers
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rnncore.nn.model import _named_generators
+
+FORMAT = "rnncore-checkpoint"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: `path` and `problem` say which and why."""
+
+    def __init__(self, path, problem):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds (load() / restore() return it)."""
+    path: str
+    model: "OrderedDict[str, np.ndarray]"      # parameter name -> array (a model state dict)
+    optimizer: dict | None = None              # in Optimizer.state_dict() form
+    scheduler: dict | None = None              # in the schedule's state_dict() form
+    step: int = 0
+    rng_state: dict | None = None              # numpy bit-generator state of save(rng=...)
+    module_rngs: dict = field(default_factory=dict)  # dotted name -> bit-generator state
+    config: Any = None
+    extra: Any = None
+    arrays: dict = field(default_factory=dict)  # name -> array of save(arrays=...)
+
+    def rng(self):
+        """A new numpy Generator in the saved state (None if save() had no rng)."""
+        if self.rng_state is None:
+            return None
+        return np.random.Generator(_bit_generator(self.path, self.rng_state))
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError as e:  # a dependency of rnncore; reachable only in a broken install
+        raise ImportError("rnncore checkpoints need the safetensors package: "
+                          "pip install safetensors") from e
+    return safetensors.numpy
+
+
+def _bit_generator(path, state):
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+        raise CheckpointError(path, f"unknown numpy bit generator {name!r} in the saved rng state")
+    bg = cls()
+    bg.state = state
+    return bg
+
+
+# ---- JSON with non-finite floats, numpy scalars, and nothing that would not come back ----------
+def _to_json(value, where):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, np.ndarray):  # e.g. an MT19937 key; comes back as a list
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} must be JSON-serialisable: key {k!r} is not a string")
+            out[k] = _to_json(v, f"{where}[{k!r}]")
+        return out
+    raise TypeError(f"{where} must be JSON-serialisable (dicts, lists, str, numbers, bool, None), "
+                    f"got {type(value).__name__}")
+
+
+def _from_json(value):
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def _digest(meta_json, tensors):
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode("utf-8"))
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _atomic_write(path, blob):
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # makes the rename durable (POSIX; not on Windows)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=None, extra=None,
+         arrays=None):
+    """Writes model parameters, optimiser and schedule state, the step, a numpy Generator's
+    state, the modules' own generators, JSON-serialisable `config` / `extra`, and `arrays` (a
+    dict name -> numpy array, e.g. the hidden state a TBPTT run carries) to one file, atomically.
+    Returns the path."""
+    path = os.fspath(path)
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng()), got "
+                        f"{type(rng).__name__}")
+    tensors = OrderedDict(("model." + k, np.ascontiguousarray(v))
+                          for k, v in model.params.items())
+    for name, a in (arrays or {}).items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"arrays: names must be non-empty strings, got {name!r}")
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"arrays[{name!r}] must be a numeric array, got dtype {a.dtype}")
+        tensors["arrays." + name] = np.ascontiguousarray(a)
+    meta = {"step": int(step), "config": _to_json(config, "config"),
+            "extra": _to_json(extra, "extra"), "optimizer": None, "scheduler": None,
+            "rng": None if rng is None else _to_json(rng.bit_generator.state, "rng"),
+            "module_rngs": {name: _to_json(g.bit_generator.state, name)
+                            for name, g in _named_generators(model)}}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for name, buffers in sd["state"].items():
+            for b, a in buffers.items():
+                tensors[f"optim.{name}.{b}"] = np.ascontiguousarray(a)
+        meta["optimizer"] = _to_json({"type": sd["type"], "hyperparameters": sd["hyperparameters"],
+                                      "step": sd["step"], "params": list(sd["state"])}, "optimizer")
+    if scheduler is not None:
+        meta["scheduler"] = _to_json(scheduler.state_dict(), "scheduler")
+    meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json,
+                "sha256": _digest(meta_json, tensors)}
+    _atomic_write(path, _safetensors().save(dict(tensors), metadata=metadata))
+    return path
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _read_metadata(path, data):
+    """Validates the safetensors framing; returns our metadata dict."""
+    if len(data) < 8:
+        raise CheckpointError(path, f"truncated or not a checkpoint: {len(data)} bytes, fewer "
+                                    "than the 8 of a safetensors header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise CheckpointError(path, f"truncated or not a checkpoint: the header length says "
+                                    f"{n} bytes, only {len(data) - 8} follow")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(path, f"not a checkpoint or a corrupted header (no JSON: {e})") \
+            from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise CheckpointError(path, f"not an rnncore checkpoint (its safetensors metadata has "
+                                    f"no format {FORMAT!r})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(path, f"checkpoint format version {metadata.get('format_version')!r}"
+                                    f" is not the supported {FORMAT_VERSION!r}")
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise CheckpointError(path, "corrupted header (tensor entries without data_offsets)") \
+            from None
+    held = len(data) - 8 - n
+    if end != held:
+        raise CheckpointError(path, f"{'truncated' if end > held else 'corrupted'}: the header "
+                                    f"promises {end} bytes of tensor data, the file holds {held}")
+    return metadata
+
+
+def load(path):
+    """Reads and verifies a checkpoint; returns a Checkpoint (changes nothing else)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    metadata = _read_metadata(path, data)
+    try:
+        tensors = _safetensors().load(data)
+    except Exception as e:  # safetensors' own error type is not part of its numpy API
+        raise CheckpointError(path, f"corrupted tensor data ({e})") from None
+    meta_json = metadata.get("meta", "")
+    if metadata.get("sha256") != _digest(meta_json, tensors):
+        raise CheckpointError(path, "corrupted: the checksum of its tensors and metadata does not "
+                                    "match the one written with them")
+    meta = _from_json(json.loads(meta_json))
+    model = OrderedDict()
+    opt_meta = meta.get("optimizer")
+    opt_state = None if opt_meta is None else OrderedDict((n, OrderedDict())
+                                                          for n in opt_meta["params"])
+    arrays = {}
+    for key in sorted(tensors):
+        kind, _, rest = key.partition(".")
+        if kind == "model":
+            model[rest] = tensors[key]
+            continue
+        if kind == "arrays":
+            arrays[rest] = tensors[key]
+            continue
+        name, _, buffer = rest.rpartition(".")
+        if kind != "optim" or opt_state is None or name not in opt_state:
+            raise CheckpointError(path, f"unexpected tensor {key!r}")
+        opt_state[name][buffer] = tensors[key]
+    optimizer = None
+    if opt_meta is not None:
+        optimizer = {"type": opt_meta["type"], "hyperparameters": opt_meta["hyperparameters"],
+                     "step": opt_meta["step"], "state": opt_state}
+    return Checkpoint(path=path, model=model, optimizer=optimizer,
+                      scheduler=meta.get("scheduler"), step=meta["step"],
+                      rng_state=meta.get("rng"), module_rngs=meta.get("module_rngs", {}),
+                      config=meta.get("config"), extra=meta.get("extra"), arrays=arrays)
+
+
+def _message(e):
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+
+
+def restore(path, model, optimizer=None, scheduler=None, rng=None):
+    """Loads a checkpoint into model (and optimizer, scheduler, and the numpy Generator rng, in
+    place) after checking that everything matches: parameter names, shapes and dtypes, the
+    optimiser's type, parameters and buffers, the schedule's type, the generators. Any mismatch
+    raises CheckpointError and changes nothing. Returns the Checkpoint (step, config, extra)."""
+    ck = load(path)
+    path = ck.path
+    params = model.params
+    missing = [k for k in params if k not in ck.model]
+    unexpected = [k for k in ck.model if k not in params]
+    if missing or unexpected:
+        parts = ([f"missing in the file {missing}"] if missing else []) + \
+                ([f"not in the model {unexpected}"] if unexpected else [])
+        raise CheckpointError(path, "the model's parameters do not match the file's: "
+                              + "; ".join(parts))
+    for k, p in params.items():
+        a = ck.model[k]
+        if a.shape != p.shape:
+            raise CheckpointError(path, f"model.{k} has shape {a.shape} in the file, the model's "
+                                        f"is {p.shape}")
+        if a.dtype != p.dtype:
+            raise CheckpointError(path, f"model.{k} has dtype {a.dtype} in the file, the model's "
+                                        f"is {p.dtype}")
+    if optimizer is not None:
+        if ck.optimizer is None:
+            raise CheckpointError(path, "holds no optimizer state, but an optimizer was given")
+        try:
+            optimizer._check_state_dict(ck.optimizer)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(path, f"the optimizer does not match the file's: {_message(e)}") \
+                from None
+        for (name, p, _) in optimizer._params:
+            for b, a in ck.optimizer["state"][name].items():
+                if a.dtype != p.dtype:
+                    raise CheckpointError(path, f"optim.{name}.{b} has dtype {a.dtype} in the "
+                                                f"file, the parameter's is {p.dtype}")
+    if scheduler is not None:
+        if ck.scheduler is None:
+            raise CheckpointError(path, "holds no schedule state, but a scheduler was given")
+        try:
+            scheduler._check_state_dict(ck.scheduler)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(path, f"the scheduler does not match the file's: {_message(e)}") \
+                from None
+    generators = _named_generators(model)
+    names = sorted(n for n, _ in generators)
+    if names != sorted(ck.module_rngs):
+        raise CheckpointError(path, f"the model's random generators {names} do not match the "
+                                    f"file's {sorted(ck.module_rngs)}")
+    states = [(g, _bit_generator(path, ck.module_rngs[n]).state) for n, g in generators]
+    if rng is not None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+        if ck.rng_state is None:
+            raise CheckpointError(path, "holds no rng state, but an rng was given")
+        states.append((rng, _bit_generator(path, ck.rng_state).state))
+    for g, state in states:
+        if type(g.bit_generator).__name__ != state["bit_generator"]:
+            raise CheckpointError(path, f"a generator is {type(g.bit_generator).__name__}, the "
+                                        f"file's state is for {state['bit_generator']}")
+    # every check passed: nothing below can fail on the file's content
+    model.load_state_dict(ck.model)
+    if optimizer is not None:
+        optimizer.load_state_dict(ck.optimizer)
+    if scheduler is not None:
+        scheduler.load_state_dict(ck.scheduler)
+    for g, state in states:
+        g.bit_generator.state = state
+    return ck
