@@ -222,3 +222,18 @@ def test_long_sequences_float32_as_accurate_as_torch(rng):
     for ours, theirs, exact in ((loss, torch_loss, exact_loss), (grad, torch_grad, exact_grad)):
         ours_err, torch_err = np.abs(ours - exact).max(), np.abs(theirs - exact).max()
         assert ours_err <= 2 * torch_err + 1e-6, (ours_err, torch_err)
+
+
+def test_beam_width_1_is_not_greedy():
+    # docs/recognition.md's case: greedy follows the best frame labels (A, B, blank -> "AB"),
+    # width 1 keeps the best prefix summed over its alignments ("A"), here the more probable.
+    p = np.array([[0.27, 0.53, 0.20], [0.37, 0.24, 0.39], [0.49, 0.28, 0.23]])[:, None, :]
+    lp = np.log(p)
+    assert greedy_decode(lp)[0] == [1, 2]
+    (labels, log_prob), = prefix_beam_search(lp, beam_width=1)[0]
+    assert list(labels) == [1]
+    probs = {tuple(lab): np.exp(-ctc_loss(lp, [lab], reduction="none")[0][0])
+             for lab in ([1, 2], [1])}
+    assert np.isclose(probs[(1, 2)], 0.238087) and np.isclose(probs[(1,)], 0.271901)
+    # the reported log_prob sums only the alignments the width-1 beam kept
+    assert np.exp(log_prob) <= probs[(1,)] + 1e-12

@@ -275,3 +275,22 @@ def test_translate_task_run(tmp_path, capsys):
         assert not (tmp_path / "attention.png").exists()
     with pytest.raises(SystemExit):
         tr.run(ap.parse_args(["--steps", "0"]), ap.error)
+
+
+def test_unfinished_hypotheses_only_fill_up_the_n_best():
+    # after BOS: EOS 0.1 or A 0.9; after A: always A (EOS impossible). With beam 2 the row
+    # finishes one hypothesis ([], p = 0.1) at step 1, and A A A runs on to max_len (p = 0.9).
+    table = [[0.0, 0.1, 0.9, 0.0],
+             [0.0, 1.0, 0.0, 0.0],
+             [0.0, 0.0, 1.0, 0.0],
+             [0.0, 1.0, 0.0, 0.0]]
+    step, _ = bigram_step(table)
+    state = (np.zeros(1),)
+    # n_best 1: a finished hypothesis exists, so it is returned, though A A A scores higher
+    (only,) = beam_search(step, state, 1, 2, BOS, EOS, max_len=3, alpha=0.0, n_best=1)[0]
+    assert only.tokens == [] and only.finished and np.isclose(only.log_prob, np.log(0.1))
+    # n_best 2: one finished is too few, so the best running one fills up, ranked by score
+    first, second = beam_search(step, state, 1, 2, BOS, EOS, max_len=3, alpha=0.0, n_best=2)[0]
+    assert first.tokens == [2, 2, 2] and not first.finished
+    assert np.isclose(first.log_prob, np.log(0.9))
+    assert second.tokens == [] and second.finished

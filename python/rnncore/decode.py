@@ -75,8 +75,10 @@ def beam_search(step, state, batch, beam, bos, eos, max_len, alpha=0.6, n_best=1
     At each step the 2 * beam best extensions of each row's beams are ranked by total
     log-probability: EOS extensions among the first `beam` become finished hypotheses (kept with
     score log_prob / length_penalty(length incl. EOS, alpha)), and the best `beam` non-EOS
-    extensions continue. A row stops once it has `beam` finished hypotheses; at max_len its
-    running hypotheses are added, unfinished. Returns, per batch row, its n_best hypotheses
+    extensions continue. A row stops once it has `beam` finished hypotheses. At max_len, a row
+    with fewer than n_best finished hypotheses is filled up with its best running ones
+    (finished=False), ranked with the finished ones by score; a row with n_best or more finished
+    ones returns finished hypotheses only. Returns, per batch row, its n_best hypotheses
     (Hypothesis) by descending score. beam = 1 gives the greedy result."""
     batch = _check_int("batch", batch, 0)
     k = _check_int("beam", beam, 1)

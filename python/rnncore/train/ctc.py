@@ -211,7 +211,9 @@ def prefix_beam_search(log_probs, input_lengths=None, beam_width=8, blank=0, n_b
     most probable classes of that frame (all classes when beam_width >= C) and, when prune is a
     number, only by classes with log-probability >= prune. Returns, per sample, a list of up to
     n_best (labels, log_prob) pairs, best first; log_prob is the log-probability of that labelling
-    summed over the alignments the search kept (exact when nothing was pruned)."""
+    summed over the alignments the search kept (exact when nothing was pruned). beam_width=1 is
+    not greedy decoding (greedy_decode follows the best frame labels; width 1 keeps the best
+    prefix summed over its alignments): the two can differ, docs/recognition.md shows a case."""
     lp, lengths, blank = _decode_inputs(log_probs, input_lengths, blank)
     for name, v in (("beam_width", beam_width), ("n_best", n_best)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
