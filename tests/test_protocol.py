@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-
 import rnncore
 from conftest import CELLS, make_cell, make_module
 from rnncore.models.captioner import CELL, GRID, VOCABULARY, Captioner

@@ -16,6 +16,12 @@ functions of cpp/include/rnncore/cells/), so results equal the CPU path's within
 `import rnncore` never needs any of this: rnncore._cuda is imported on first use, and when it is
 missing (no nvcc at build time), cannot load, or finds no device, cuda_available() is False and
 cuda_status() says why.
+
+For the numpy modules this file is a backend, not a twin: rnncore.nn.recurrent picks it per call
+and runs its own checks, tape and bookkeeping for both paths; from here it takes CudaStack (the
+stack driver, core.Stack's calling convention), _Library via device_arrays() (the array
+namespace: conversion, allocation, transposes in torch or CuPy), move_arrays() and parse_device()
+for .to(). Nothing here reads or writes a module's members.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import numpy as np
 from rnncore._ext import cuda_module
 from rnncore.nn import registry as _registry
 
-__all__ = ["cuda_available", "cuda_status", "is_device_array", "CudaStack", "device_arrays",
+__all__ = ["CudaStack", "cuda_available", "cuda_status", "device_arrays", "is_device_array",
            "move_arrays", "parse_device"]
 
 _DTYPES = {"<f4": "float32", "<f8": "float64", "<i8": "int64", "f4": "float32", "f8": "float64"}
@@ -305,7 +311,8 @@ def _dtype_name(dtype):
 class CudaStack:
     """rnncore._cuda.Stack with rnncore._core.Stack's calling convention, on device arrays:
     forward(x, params, h0, c0, lengths, training, dropout, seed) -> (y, h_n, c_n) and
-    backward(dy, params, grads, dh_n, dc_n) -> (dx, dh0, dc0), adding into grads. Outputs are
+    backward(dy, params, grads, dh_n, dc_n, grad_norms) -> (dx, dh0, dc0), adding into grads
+    (grad_norms=True: NotImplementedError, the CPU path only records them). Outputs are
     allocated like x (torch or CuPy, its device), the work queued on that library's current
     stream. lengths may be a host or a device array (it is read on the host)."""
 

@@ -1,4 +1,10 @@
-"""Shared machinery of rnncore's modules: parameters, gradients, modes, state dicts, input checks."""
+"""Shared machinery of rnncore's modules: parameters, gradients, modes, state dicts, input checks,
+and the module protocol of backward: every module that has one keeps what it consumes in
+`self._pending`, a Tape (one slot: whole-sequence modules, layers, models) or a StepTape (many:
+cells, attention), made in `_init_core` (so a copy has none); recording follows `_recording()`
+(training mode, outside no_grad()); eval() drops it; a backward with nothing to consume raises
+needs_forward()'s one RuntimeError; a bad argument to backward raises before the record is
+popped, so it stays."""
 from __future__ import annotations
 
 import numbers
