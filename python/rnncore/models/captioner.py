@@ -97,10 +97,8 @@ class Captioner(Model):
             raise ValueError(f"tokens must have shape (L, B) with B = {np.shape(images)[0]} "
                              f"images, got {tokens.shape}")
         L, B = tokens.shape
-        recording = self._recording()
-        if recording:  # an earlier forward that was never back-propagated is void from here on
-            with self._lock:
-                self._pending.discard()
+        recording = self._begin_record()
+        if recording:  # an earlier forward's steps that were never back-propagated
             self.cell.clear_pending()
             self.attend.clear_pending()
         hidden, feats, memory, (h, c) = self._encode(images)

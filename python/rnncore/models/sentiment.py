@@ -64,8 +64,9 @@ class SentimentClassifier(Model):
         self._pending = Tape("SentimentClassifier")  # the shape of the recurrent outputs
 
     def forward(self, tokens, lengths):
+        recording = self._begin_record()
         y, state = self.rnn(self.embed(tokens), None, lengths=lengths)
-        if self._recording():
+        if recording:
             with self._lock:
                 self._pending.push(y.shape)
         return self.head(last_layer_state(self.rnn, state))

@@ -150,10 +150,8 @@ class Seq2Seq(Model):
     def forward(self, src, tgt_in, src_lengths=None):
         """Teacher forcing: src (S, B), tgt_in (T, B) int (BOS, y_1, ..., y_{T-1}); returns
         logits (T, B, tgt_vocab) for y_1 .. y_T. Training mode keeps what backward needs."""
-        recording = self._recording()
-        if recording:  # an earlier forward that was never back-propagated is void from here on
-            with self._lock:
-                self._pending.discard()
+        recording = self._begin_record()
+        if recording:  # an earlier forward's steps that were never back-propagated
             self.decoder.clear_pending()
             self.attention.clear_pending()
         memory, (h, c), h0 = self.encode(src, src_lengths)

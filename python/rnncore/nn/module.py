@@ -376,6 +376,16 @@ class Module:
         """Whether a forward now records for backward: training mode, outside no_grad()."""
         return self.training and grad_enabled()
 
+    def _begin_record(self):
+        """At the start of a forward: _recording(), and when it records, the record still
+        pending is void from here on (the forward replaces what it refers to: a workspace, the
+        children's records), even if the forward fails part-way."""
+        recording = self._recording()
+        if recording and self._pending is not None:
+            with self._lock:
+                self._pending.discard()
+        return recording
+
     def num_parameters(self):
         return int(sum(p.size for p in self.params.values()))
 

@@ -105,10 +105,7 @@ class PyramidEncoder(Model):
         if lengths is None:
             lengths = np.full(x.shape[1], x.shape[0], dtype=np.int64)
         lengths = np.asarray(lengths)
-        recording = self._recording()
-        if recording:
-            with self._lock:
-                self._pending.discard()  # the layers' records are replaced from here on
+        recording = self._begin_record()  # the layers' records are replaced from here on
         frames = []  # frames[k]: the time steps of layer k's output, k below the top
         y = x
         for k, layer in enumerate(self.layers):

@@ -220,11 +220,7 @@ class _RNNBase(Module):
         lengths = check_lengths(xp.host(lengths), T, B)
         with self._lock:
             stack = self._stack_for(xp)
-            training = self._recording()
-            if training:
-                # The workspace is reused: a previous forward's record is void from here on,
-                # even if this call fails part-way.
-                self._pending.discard()
+            training = self._begin_record()  # the workspace is reused: an earlier record is void
             seed = int(self._rng.integers(2**63)) if training and self.dropout > 0 else 0
             y, h_n, c_n = stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
                                         training=training, dropout=self.dropout, seed=seed)
