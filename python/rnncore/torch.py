@@ -34,9 +34,9 @@ import threading
 import warnings
 
 import numpy as np
+import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-import torch
 from rnncore._ext import core
 from rnncore.nn import cuda as _cuda_path
 from rnncore.nn import recurrent as _numpy_modules
@@ -404,6 +404,37 @@ class _RNNBase(torch.nn.Module):
         weights, dtype, params = self._weights()
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
+        self._check_input(data, dtype, packed)
+        batched = packed or data.dim() == 3
+        x, lengths_t = self._time_major(data, input.batch_sizes if packed else None, batched)
+        sorted_indices = input.sorted_indices if packed else None
+        states = self._initial_states(hx, dtype, x.shape[1], batched, sorted_indices)
+        if (x.device != weights[0].device or
+                any(s is not None and s.device != x.device for s in states)):
+            raise NotImplementedError(
+                f"{self._name()}: input, states and parameters must be on one device, got input "
+                f"on {x.device} and parameters on {weights[0].device}")
+        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
+        seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout > 0 else 0
+        call = _Call(self._engine, self._flat_weights_names, _NUMPY_DTYPES[dtype], params,
+                     None if lengths_t is None else lengths_t.numpy(), dropout, seed,
+                     x.device if x.is_cuda else None)
+        y, h_n, c_n = self._run(call, x, states, weights)
+        out_states = [h_n, c_n][:len(states)]
+        if packed:
+            y = PackedSequence(pack_padded_sequence(y, lengths_t).data, input.batch_sizes,
+                               sorted_indices, input.unsorted_indices)
+            if input.unsorted_indices is not None:
+                out_states = [s.index_select(1, input.unsorted_indices) for s in out_states]
+        elif not batched:
+            y = y.squeeze(1)
+            out_states = [s.squeeze(1) for s in out_states]
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, self._pack_hx(out_states)
+
+    def _check_input(self, data, dtype, packed):
+        """The input tensor (a PackedSequence's data): type, device, dtype, rank, features."""
         self._check_tensor("input", data, dtype)
         if data.dim() not in ((2,) if packed else (2, 3)):
             raise InputError(
@@ -415,59 +446,44 @@ class _RNNBase(torch.nn.Module):
         if data.shape[-1] != self.input_size:
             raise InputError(f"{self._name()}: input must have input_size={self.input_size} "
                              f"features in its last dimension, got shape {tuple(data.shape)}")
-        lengths = None
-        batched = packed or data.dim() == 3
-        if packed:
-            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
-            x, lengths_t = pad_packed_sequence(PackedSequence(data, input.batch_sizes))
-            lengths = lengths_t.numpy()
+
+    def _time_major(self, data, batch_sizes, batched):
+        """-> (x (T, B, input_size) contiguous, lengths tensor or None); batch_sizes: a
+        PackedSequence's, None for a plain tensor."""
+        lengths_t = None
+        if batch_sizes is not None:
+            x, lengths_t = pad_packed_sequence(PackedSequence(data, batch_sizes))
         elif not batched:
             x = data.unsqueeze(1)
         else:
             x = data.transpose(0, 1) if self.batch_first else data
-        x = x.contiguous()
-        expected = self._state_size(x.shape[1])
-        states = self._split_hx(hx)
+        return x.contiguous(), lengths_t
+
+    def _initial_states(self, hx, dtype, batch, batched, sorted_indices):
+        """hx -> [h0] or [h0, c0], each (L*D, B, H) contiguous or None, in the packed batch's
+        sorted order."""
+        expected = self._state_size(batch)
         names = ("hx", "cx") if self._has_cell_state else ("hx",)
         states = [None if s is None else self._check_state(n, s, dtype, expected, batched)
-                  for n, s in zip(names, states)]
-        if packed and sorted_indices is not None:
+                  for n, s in zip(names, self._split_hx(hx))]
+        if sorted_indices is not None:
             states = [None if s is None else s.index_select(1, sorted_indices) for s in states]
-        h0, c0 = (states + [None])[:2]
+        return states
 
-        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
-        seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout > 0 else 0
-        if (x.device != weights[0].device or
-                any(s is not None and s.device != x.device for s in states)):
-            raise NotImplementedError(
-                f"{self._name()}: input, states and parameters must be on one device, got input "
-                f"on {x.device} and parameters on {weights[0].device}")
-        call = _Call(self._engine, self._flat_weights_names, _NUMPY_DTYPES[dtype], params,
-                     lengths, dropout, seed, x.device if x.is_cuda else None)
+    def _run(self, call, x, states, weights):
+        """(y, h_n, c_n) through autograd when a gradient is wanted, else one plain call."""
+        h0, c0 = (states + [None])[:2]
         record = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or any(s is not None and s.requires_grad for s in states))
         if record:
-            y, h_n, c_n = _StackFunction.apply(call, x, h0, c0, *weights)
-        else:  # no graph: inference (dropout, when active, still runs the training forward)
-            stack = call.acquire()
-            try:
-                y, h_n, c_n = map(_tensor, call.run(stack, x, h0, c0, dropout > 0))
-            finally:
-                call.release(stack)
-
-        out_states = [h_n, c_n][:len(names)]
-        if packed:
-            y = PackedSequence(pack_padded_sequence(y, lengths_t).data, input.batch_sizes,
-                               sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                out_states = [s.index_select(1, unsorted_indices) for s in out_states]
-        elif not batched:
-            y = y.squeeze(1)
-            out_states = [s.squeeze(1) for s in out_states]
-        elif self.batch_first:
-            y = y.transpose(0, 1)
-        return y, self._pack_hx(out_states)
+            return _StackFunction.apply(call, x, h0, c0, *weights)
+        # no graph: inference (dropout, when active, still runs the training forward)
+        stack = call.acquire()
+        try:
+            return tuple(map(_tensor, call.run(stack, x, h0, c0, call.dropout > 0)))
+        finally:
+            call.release(stack)
 
 
 class _LSTMStates:

@@ -11,7 +11,7 @@ from rnncore.nn.attention import Attention
 from rnncore.nn.cells import LSTMCell
 from rnncore.nn.layers import Embedding, Linear
 from rnncore.nn.model import Model
-from rnncore.nn.module import no_grad
+from rnncore.nn.module import Tape, no_grad
 
 COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),
            "yellow": (0.9, 0.85, 0.1)}
@@ -70,6 +70,12 @@ class Captioner(Model):
                                 dtype=dtype, seed=seed + 4)
         self.cell = LSTMCell(embed + features, hidden, dtype=dtype, seed=seed + 5)
         self.out = Linear(hidden + features, V, dtype=dtype, seed=seed + 6)
+        self._init_core()
+
+    _core_state = ("_pending",)  # a copy has no pending backward
+
+    def _init_core(self):
+        self._pending = Tape("Captioner")  # (hidden, feats, memory, emb.shape, h0, c0)
 
     def _encode(self, images):
         """-> (the encoder's hidden layer, region features (S, B, D), the attention memory,
@@ -91,6 +97,10 @@ class Captioner(Model):
             raise ValueError(f"tokens must have shape (L, B) with B = {np.shape(images)[0]} "
                              f"images, got {tokens.shape}")
         L, B = tokens.shape
+        recording = self._begin_record()
+        if recording:  # an earlier forward's steps that were never back-propagated
+            self.cell.clear_pending()
+            self.attend.clear_pending()
         hidden, feats, memory, (h, c) = self._encode(images)
         h0, c0 = h, c
         previous = np.concatenate([np.full((1, B), STOI[BOS]), tokens[:-1]]).astype(np.int64)
@@ -101,18 +111,19 @@ class Captioner(Model):
             h, c = self.cell(np.concatenate([emb[t], context], axis=1), (h, c))
             states.append(h)
             contexts.append(context)
-        self._tape = (hidden, feats, memory, emb.shape, h0, c0) if self._recording() else None
-        return self.out(np.concatenate([np.stack(states), np.stack(contexts)], axis=2))
+        logits = self.out(np.concatenate([np.stack(states), np.stack(contexts)], axis=2))
+        if recording:
+            with self._lock:
+                self._pending.push((hidden, feats, memory, emb.shape, h0, c0))
+        return logits
 
     def backward(self, dlogits):
-        if getattr(self, "_tape", None) is None:
-            raise RuntimeError("Captioner.backward() needs a preceding training-mode forward "
-                               "that has not been back-propagated yet")
-        hidden, feats, memory, emb_shape, h0, c0 = self._tape
-        self._tape = None
+        with self._lock:
+            hidden, feats, memory, emb_shape, h0, c0 = self._pending.last()
+            dout = self.out.backward(dlogits)  # (L, B, H + D); a bad dlogits consumes nothing
+            self._pending.pop()
         L, B, E = emb_shape
         H = self.cell.hidden_size
-        dout = self.out.backward(dlogits)                           # (L, B, H + D)
         demb = np.empty(emb_shape, dtype=dout.dtype)
         dh = np.zeros((B, H), dtype=dout.dtype)
         dc = np.zeros((B, H), dtype=dout.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 
 from rnncore.nn.layers import Embedding, Linear
 from rnncore.nn.model import Model
-from rnncore.nn.module import no_grad
+from rnncore.nn.module import Tape, no_grad
 from rnncore.nn.recurrent import LSTM, last_layer_state, last_layer_state_backward
 from rnncore.nn.registry import make_module, select
 
@@ -56,16 +56,28 @@ class SentimentClassifier(Model):
                                seed=seed)
         self.rnn = make_module(cell, embed, hidden, num_layers=layers, dtype=dtype, seed=seed + 1)
         self.head = Linear(hidden, len(LABELS), dtype=dtype, seed=seed + 2)
+        self._init_core()
+
+    _core_state = ("_pending",)  # a copy has no pending backward
+
+    def _init_core(self):
+        self._pending = Tape("SentimentClassifier")  # the shape of the recurrent outputs
 
     def forward(self, tokens, lengths):
+        recording = self._begin_record()
         y, state = self.rnn(self.embed(tokens), None, lengths=lengths)
-        self._shape = y.shape
+        if recording:
+            with self._lock:
+                self._pending.push(y.shape)
         return self.head(last_layer_state(self.rnn, state))
 
     def backward(self, dlogits):
-        dlast = self.head.backward(dlogits)
+        with self._lock:
+            y_shape = self._pending.last()
+            dlast = self.head.backward(dlogits)  # checks dlogits: a bad one consumes nothing
+            self._pending.pop()
         dh_n = last_layer_state_backward(self.rnn, dlast, dlast.shape[0])
-        dx, _ = self.rnn.backward(np.zeros(self._shape, dtype=self.rnn.dtype), dh_n)
+        dx, _ = self.rnn.backward(np.zeros(y_shape, dtype=self.rnn.dtype), dh_n)
         self.embed.backward(dx)
 
     def predict(self, tokens, lengths, chunk=1024):

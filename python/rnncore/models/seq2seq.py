@@ -41,7 +41,7 @@ from rnncore.nn.attention import Attention, matmul
 from rnncore.nn.cells import LSTMCell
 from rnncore.nn.layers import Embedding, Linear
 from rnncore.nn.model import Model
-from rnncore.nn.module import no_grad, positive_int, to_numpy
+from rnncore.nn.module import Tape, no_grad, positive_int, to_numpy
 from rnncore.train.losses import cross_entropy
 
 
@@ -94,7 +94,12 @@ class Seq2Seq(Model):
         self.combine = Linear(3 * H, H, bias=False, dtype=dtype, seed=s(6))
         self.out = Linear(H, tgt_vocab, dtype=dtype, seed=s(7))
         object.__setattr__(self, "dtype", self.out.dtype)
-        object.__setattr__(self, "_tape", None)
+        self._init_core()
+
+    _core_state = ("_pending",)  # a copy has no pending backward
+
+    def _init_core(self):
+        self._pending = Tape("Seq2Seq")  # (memory, h~ per step, [ctx; h] per step, h0, B, T)
 
     # ---- pieces ---------------------------------------------------------------------------
     def _tokens(self, name, a, vocab, shape=None):
@@ -145,7 +150,8 @@ class Seq2Seq(Model):
     def forward(self, src, tgt_in, src_lengths=None):
         """Teacher forcing: src (S, B), tgt_in (T, B) int (BOS, y_1, ..., y_{T-1}); returns
         logits (T, B, tgt_vocab) for y_1 .. y_T. Training mode keeps what backward needs."""
-        if self.out._recording():  # an earlier forward that was never back-propagated
+        recording = self._begin_record()
+        if recording:  # an earlier forward's steps that were never back-propagated
             self.decoder.clear_pending()
             self.attention.clear_pending()
         memory, (h, c), h0 = self.encode(src, src_lengths)
@@ -161,19 +167,18 @@ class Seq2Seq(Model):
             zs.append(z)
         Ht = np.stack(htildes) if T else np.zeros((0, B, self.hidden), dtype=self.dtype)
         logits = self.out(Ht)
-        object.__setattr__(self, "_tape", (memory, Ht, zs, h0, B, T)
-                           if self.out._recording() else None)
+        if recording:
+            with self._lock:
+                self._pending.push((memory, Ht, zs, h0, B, T))
         return logits
 
     def backward(self, dlogits):
         """Back-propagates the last training forward; adds every gradient into grads."""
-        if self._tape is None:
-            raise RuntimeError("Seq2Seq.backward() needs a preceding training-mode forward; "
-                               "there is none (never run, run in eval mode, or already consumed)")
-        memory, Ht, zs, h0, B, T = self._tape
-        object.__setattr__(self, "_tape", None)
+        with self._lock:
+            memory, Ht, zs, h0, B, T = self._pending.last()
+            dHt = self.out.backward(dlogits)  # (T, B, H); checks dlogits: a bad one consumes nothing
+            self._pending.pop()
         H, E = self.hidden, self.embed
-        dHt = self.out.backward(dlogits)                              # (T, B, H)
         Wc = self.combine.params["weight"]
         dWc = self.combine.grads["weight"]
         demb = np.empty((T, B, E), dtype=self.dtype)

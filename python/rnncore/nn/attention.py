@@ -117,7 +117,7 @@ class Attention(Module):
     query_size Q, key_size K; attention_size A (additive only; default K); bias (additive: the
     b of key_proj)."""
 
-    _core_state = ("_tape",)
+    _core_state = ("_pending",)
 
     def __init__(self, query_size, key_size, score="general", attention_size=None, bias=True,
                  dtype=np.float32, seed=None):
@@ -149,15 +149,12 @@ class Attention(Module):
         self._init_core()
 
     def _init_core(self):
-        self._tape = StepTape("Attention")  # training steps not yet back-propagated
-
-    def _drop_tape(self):
-        self._tape.clear()
+        self._pending = StepTape("Attention")  # training steps not yet back-propagated
 
     @property
     def pending_steps(self):
         """Training-mode steps not yet back-propagated."""
-        return len(self._tape)
+        return len(self._pending)
 
     def clear_pending(self):
         """Drops every pending training step without back-propagating it."""
@@ -275,7 +272,7 @@ class Attention(Module):
         recording = self._recording() and memory.recording
         if recording:
             with self._lock:
-                self._tape.push((memory, own, q, w, u, tanh))
+                self._pending.push((memory, own, q, w, u, tanh))
                 memory.pending += 1
         return context, w
 
@@ -286,7 +283,7 @@ class Attention(Module):
         returns (dquery, dkeys): dkeys (S, B, K) when that step got plain keys, None when it got
         an AttentionMemory (its key gradient waits there for backward_memory())."""
         with self._lock:
-            memory, own, q, w, u, tanh = self._tape.last()
+            memory, own, q, w, u, tanh = self._pending.last()
             B, S, K = memory.keys.shape
             dc = as_array("dcontext", dcontext, self.dtype)
             if dc.shape != (B, K):
@@ -298,7 +295,7 @@ class Attention(Module):
                 if dw_in.shape != (B, S):
                     raise ValueError(f"dweights must have shape (B, S) = {(B, S)}, "
                                      f"got {dw_in.shape}")
-            self._tape.pop()
+            self._pending.pop()
             memory.pending -= 1
 
             kb = memory.keys

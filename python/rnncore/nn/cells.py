@@ -64,13 +64,13 @@ class _CellBase(Module):
             self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_tape", "_pending_bytes", "_warned", "_engine", "_engine_version")
+    _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version")
 
     # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
 
     def _init_core(self):
-        self._tape = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
+        self._pending = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
         self._pending_bytes = 0
         self._warned = False
         # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
@@ -178,12 +178,12 @@ class _CellBase(Module):
         return h_new, c_new
 
     def _push_step(self, record, B, unbatched):
-        self._tape.push((record, B, unbatched))
+        self._pending.push((record, B, unbatched))
         self._pending_bytes += record.nbytes
         if self._pending_bytes > self.pending_warn_bytes and not self._warned:
             self._warned = True
             warnings.warn(
-                f"{type(self).__name__} holds {len(self._tape)} training-mode forward steps "
+                f"{type(self).__name__} holds {len(self._pending)} training-mode forward steps "
                 f"({self._pending_bytes / 2**20:.0f} MiB of records) that no backward has "
                 "consumed, and each further step adds to them; call backward() for them, "
                 "clear_pending() to drop them, or eval() for inference",
@@ -192,7 +192,7 @@ class _CellBase(Module):
     @property
     def pending_steps(self):
         """Training-mode forward steps not yet back-propagated."""
-        return len(self._tape)
+        return len(self._pending)
 
     def clear_pending(self):
         """Drops every pending training step (and its record) without back-propagating it."""
@@ -205,16 +205,16 @@ class _CellBase(Module):
         dstate: gradient w.r.t. that step's new state (dh, or (dh, dc)). Adds parameter
         gradients into `grads`; returns (dx, dstate_prev) with dstate_prev shaped like the state."""
         with self._lock:
-            _, B, unbatched = self._tape.last()
+            _, B, unbatched = self._pending.last()
             dh, dc = self._split(("dh", "dc"), dstate, B, unbatched)
             self._sync_engine()
-            record = self._tape.pop()[0]
+            record = self._pending.pop()[0]
             self._pending_bytes -= record.nbytes
             dx, dh0, dc0 = self._engine.backward(record, dh, dc, self.grads)
         return (dx[0] if unbatched else dx), self._pack(dh0, dc0, unbatched)
 
     def _drop_tape(self):
-        self._tape.clear()
+        super()._drop_tape()
         self._pending_bytes = 0
         self._warned = False
 

@@ -16,21 +16,28 @@ functions of cpp/include/rnncore/cells/), so results equal the CPU path's within
 `import rnncore` never needs any of this: rnncore._cuda is imported on first use, and when it is
 missing (no nvcc at build time), cannot load, or finds no device, cuda_available() is False and
 cuda_status() says why.
+
+For the numpy modules this file is a backend, not a twin: rnncore.nn.recurrent picks it per call
+and runs its own checks, tape and bookkeeping for both paths; from here it takes CudaStack (the
+stack driver, core.Stack's calling convention), _Library via device_arrays() (the array
+namespace: conversion, allocation, transposes in torch or CuPy), move_arrays() and parse_device()
+for .to(). Nothing here reads or writes a module's members.
 """
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
-__all__ = ["cuda_available", "cuda_status", "is_device_array", "CudaStack"]
+from rnncore._ext import cuda_module
+from rnncore.nn import registry as _registry
+
+__all__ = ["CudaStack", "cuda_available", "cuda_status", "device_arrays", "is_device_array",
+           "move_arrays", "parse_device"]
 
 _DTYPES = {"<f4": "float32", "<f8": "float64", "<i8": "int64", "f4": "float32", "f8": "float64"}
 _KDL_CUDA, _KDL_CUDA_MANAGED = 2, 13  # DLPack device types read in place
 _DLPACK_FLOAT, _DLPACK_INT = 2, 0
-
-from rnncore._ext import cuda_module
 
 
 def _load():
@@ -207,11 +214,11 @@ class _Library:
     def __init__(self, like):
         module = type(like).__module__.split(".")[0]
         if module == "torch":
-            import torch
+            import torch  # optional: torch
             self.kind, self.lib, self.device = "torch", torch, like.device
             self._dtypes = {"float32": torch.float32, "float64": torch.float64}
         elif module == "cupy":
-            import cupy
+            import cupy  # optional: CuPy
             self.kind, self.lib, self.device = "cupy", cupy, like.device
             self._dtypes = {"float32": np.float32, "float64": np.float64}
         else:
@@ -259,17 +266,35 @@ class _Library:
             return a.detach().cpu().numpy()
         return self.lib.asnumpy(a)
 
+    # The array namespace of a module call on device arrays (numpy's is the host's, see
+    # rnncore.nn.recurrent): arguments converted, lengths read on the host.
+    def array(self, name, value, dtype):
+        """A device array argument in dtype, contiguous (one copy at most)."""
+        if not is_device_array(value):
+            raise ValueError(f"{name} must be a CUDA device array like x, got "
+                             f"{type(value).__name__}")
+        found = describe_loose(value, name, [])[2]
+        if found not in ("float32", "float64"):
+            raise TypeError(f"{name} must be a float32 or float64 array, got {found}")
+        if found != _dtype_name(dtype):
+            value = self.astype(value, _dtype_name(dtype))
+        return self.contiguous(value)
+
+    def host(self, a):
+        """a on the host if it is a device array (lengths are read there), else a itself."""
+        return self.to_host(a) if is_device_array(a) else a
+
 
 def _array_library(device):
     """The library that holds a module's parameters after .to(device): torch, else CuPy."""
     try:
-        import torch
+        import torch  # optional: torch
         if torch.cuda.is_available():
             return "torch", torch
     except ImportError:
         pass
     try:
-        import cupy
+        import cupy  # optional: CuPy
         return "cupy", cupy
     except ImportError:
         pass
@@ -286,7 +311,8 @@ def _dtype_name(dtype):
 class CudaStack:
     """rnncore._cuda.Stack with rnncore._core.Stack's calling convention, on device arrays:
     forward(x, params, h0, c0, lengths, training, dropout, seed) -> (y, h_n, c_n) and
-    backward(dy, params, grads, dh_n, dc_n) -> (dx, dh0, dc0), adding into grads. Outputs are
+    backward(dy, params, grads, dh_n, dc_n, grad_norms) -> (dx, dh0, dc0), adding into grads
+    (grad_norms=True: NotImplementedError, the CPU path only records them). Outputs are
     allocated like x (torch or CuPy, its device), the work queued on that library's current
     stream. lengths may be a host or a device array (it is read on the host)."""
 
@@ -294,7 +320,6 @@ class CudaStack:
                  dtype=np.float32):
         self._stack = _require().Stack(cell, input_size, hidden_size, num_layers, bidirectional,
                                        dtype)
-        from rnncore.nn import registry as _registry
         self.states = _registry.info(cell).states
         self.directions = 2 if bidirectional else 1
         self.num_entries = num_layers * self.directions
@@ -372,35 +397,26 @@ class CudaStack:
         return dx, dh0, dc0
 
 
-# ---- the numpy modules on device arrays (the hooks of rnncore.modules) ------------------------
+# ---- the numpy modules on device arrays (their backend, chosen per call in rnncore.nn.recurrent) ---
 
-def _module_device(module):
-    """The device index of a module's parameters, or None when they are host arrays."""
-    first = next(iter(module.params.values()))
-    if not is_device_array(first):
-        return None
-    keep = []
-    return describe(first, "params", keep)[3]
-
-
-def _cuda_stack(module):
-    stack = getattr(module, "_cuda_stack", None)
-    if stack is None:
-        stack = CudaStack(module.cell, module.input_size, module.hidden_size, module.num_layers,
-                          module.bidirectional, module.dtype)
-        module._cuda_stack = stack
-    return stack
-
-
-def _module_array(module, lib, name, a):
-    """A device array argument in the module's dtype, contiguous (one copy at most)."""
-    keep = []
-    dtype = describe_loose(a, name, keep)[2]
-    if dtype not in ("float32", "float64"):
-        raise TypeError(f"{name} must be a float32 or float64 array, got {dtype}")
-    if dtype != module.dtype.name:
-        a = lib.astype(a, module.dtype.name)
-    return lib.contiguous(a)
+def device_arrays(x, device, owner):
+    """The array namespace of a module call whose x is a device array, or whose module is on a
+    device: x's own library (torch or CuPy, see _Library) after checking that x and the module's
+    parameters (on cuda:`device`; None: host arrays) are on the same device. owner: the
+    module's class name, for messages."""
+    if device is not None and not is_device_array(x):
+        raise ValueError(
+            f"{owner} is on cuda:{device} (moved with .to()), so x must be a CUDA device array "
+            f"there, got {type(x).__name__}; move the module back with .cpu() to run on the host")
+    x_device = describe_loose(x, "x", [])[3]
+    if device is None:
+        raise ValueError(
+            f"x is a CUDA device array but {owner}'s parameters are host (numpy) arrays; move "
+            f"the module first with .to('cuda:{max(x_device, 0)}')")
+    lib = _Library(x)
+    if x_device >= 0 and x_device != device:
+        raise ValueError(f"x is on cuda:{x_device} but the module's parameters on cuda:{device}")
+    return lib
 
 
 def describe_loose(obj, name, keep):
@@ -414,142 +430,7 @@ def describe_loose(obj, name, keep):
         return (int(cai["data"][0]), tuple(cai["shape"]), _DTYPES.get(cai["typestr"]), -1)
 
 
-def module_forward(module, x, h0, lengths):
-    """_RNNBase.forward for a device array x: the same checks, tape and results, on x's device."""
-    from rnncore.nn.module import check_lengths
-    device = _module_device(module)
-    if device is not None and not is_device_array(x):
-        raise ValueError(
-            f"{type(module).__name__} is on cuda:{device} (moved with .to()), so x must be a CUDA "
-            f"device array there, got {type(x).__name__}; move the module back with .cpu() to "
-            "run on the host")
-    keep = []
-    x_device = describe_loose(x, "x", keep)[3]
-    if device is None:
-        raise ValueError(
-            f"x is a CUDA device array but {type(module).__name__}'s parameters are host (numpy) "
-            f"arrays; move the module first with .to('cuda:{max(x_device, 0)}')")
-    lib = _Library(x)
-    if x_device >= 0 and x_device != device:
-        raise ValueError(f"x is on cuda:{x_device} but the module's parameters on cuda:{device}")
-    x = _module_array(module, lib, "x", x)
-    shape = tuple(x.shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"x must be 3-D {module._layout()} or 2-D unbatched (T, input_size), "
-                         f"got {len(shape)}-D with shape {shape}")
-    if shape[-1] != module.input_size:
-        raise ValueError(f"x must have input_size={module.input_size} features in its last "
-                         f"dimension, got shape {shape}")
-    unbatched = len(shape) == 2
-    if unbatched:
-        x = x.reshape((shape[0], 1, shape[1]))
-    elif module.batch_first:
-        x = lib.swap01(x)
-    T, B = int(x.shape[0]), int(x.shape[1])
-    states = _split_device_state(module, lib, h0, B, unbatched)
-    if lengths is not None and unbatched:
-        raise ValueError("lengths is only accepted with batched (3-D) input")
-    if lengths is not None and is_device_array(lengths):
-        lengths = lib.to_host(lengths)
-    lengths = check_lengths(lengths, T, B)
-    stack = _cuda_stack(module)
-    with module._lock:
-        training = module._recording()
-        if training:
-            module._tape = None
-        seed = int(module._rng.integers(2**63)) if training and module.dropout > 0 else 0
-        y, h_n, c_n = stack.forward(x, module.params, h0=states[0], c0=states[1],
-                                    lengths=lengths, training=training, dropout=module.dropout,
-                                    seed=seed)
-        if training:
-            module._forwards += 1
-            thread = threading.get_ident()
-            module._tape = (T, B, unbatched, module._forwards, thread, "cuda")
-            module._unconsumed[thread] = module._forwards
-    return _from_time_major(module, lib, y, unbatched), _pack(module, h_n, c_n, unbatched)
-
-
-def _from_time_major(module, lib, a, unbatched):
-    if unbatched:
-        return a.reshape((a.shape[0], a.shape[2]))
-    return lib.swap01(a) if module.batch_first else a
-
-
-def _pack(module, h, c, unbatched):
-    if unbatched:
-        h = h.reshape((h.shape[0], h.shape[2]))
-        c = None if c is None else c.reshape((c.shape[0], c.shape[2]))
-    return (h, c) if module._has_cell_state else h
-
-
-def _check_device_state(module, lib, name, value, batch, unbatched):
-    if value is None:
-        return None
-    if isinstance(value, (tuple, list)):
-        raise TypeError(f"{name} must be an array of shape "
-                        f"{module._state_shape(batch, unbatched)}, got a {type(value).__name__}")
-    if not is_device_array(value):
-        raise ValueError(f"{name} must be a CUDA device array like x, got {type(value).__name__}")
-    a = _module_array(module, lib, name, value)
-    expected = module._state_shape(batch, unbatched)
-    if tuple(a.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
-    return a.reshape(module._state_shape(batch, False)) if unbatched else a
-
-
-def _split_device_state(module, lib, state, batch, unbatched, names=("h0", "c0")):
-    if not module._has_cell_state:
-        return _check_device_state(module, lib, names[0], state, batch, unbatched), None
-    if state is None:
-        return None, None
-    if not isinstance(state, (tuple, list)) or len(state) != 2:
-        raise TypeError(f"{names[0]} (the {'initial' if names[0] == 'h0' else 'final-state'} "
-                        f"state of {type(module).__name__}) must be a tuple "
-                        f"({names[0]}, {names[1]}), got {type(state).__name__}")
-    return (_check_device_state(module, lib, names[0], state[0], batch, unbatched),
-            _check_device_state(module, lib, names[1], state[1], batch, unbatched))
-
-
-def pending_on_device(module):
-    """Whether the module's pending training forward ran on a device (its backward must too)."""
-    tape = getattr(module, "_tape", None)
-    return tape is not None and len(tape) > 5 and tape[5] == "cuda"
-
-
-def module_backward(module, dy, dh_n):
-    """_RNNBase.backward for a forward that ran on a device."""
-    with module._lock:
-        tape = module._take_tape()
-        T, B, unbatched = tape[:3]
-        stack = _cuda_stack(module)
-        try:
-            if not is_device_array(dy):
-                raise ValueError(f"dy must be a CUDA device array like the forward's x, got "
-                                 f"{type(dy).__name__}")
-            lib = _Library(dy)
-            dy = _module_array(module, lib, "dy", dy)
-            DH = module.num_directions * module.hidden_size
-            y_shape = (T, DH) if unbatched else ((B, T, DH) if module.batch_first else (T, B, DH))
-            if tuple(dy.shape) != y_shape:
-                raise ValueError(f"dy must have shape {y_shape} (the shape of y), got "
-                                 f"{tuple(dy.shape)}")
-            dh, dc = _split_device_state(module, lib, dh_n, B, unbatched, ("dh_n", "dc_n"))
-        except Exception:
-            module._tape = tape  # a bad argument does not consume the forward
-            raise
-        module._consumed(tape)
-        if module.record_grad_norms:
-            raise NotImplementedError("record_grad_norms runs on the CPU path only")
-        module.grad_norms = None
-        if unbatched:
-            dy = dy.reshape((T, 1, dy.shape[-1]))
-        elif module.batch_first:
-            dy = lib.swap01(dy)
-        dx, dh0, dc0 = stack.backward(dy, module.params, module.grads, dh_n=dh, dc_n=dc)
-    return _from_time_major(module, lib, dx, unbatched), _pack(module, dh0, dc0, unbatched)
-
-
-def _parse_device(device):
+def parse_device(device):
     """'cpu' -> None; 'cuda', 'cuda:N', torch.device('cuda', N), an int N -> N."""
     if isinstance(device, int) and not isinstance(device, bool):
         return device
@@ -563,32 +444,22 @@ def _parse_device(device):
     raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or an int, got {device!r}")
 
 
-def module_to(module, device):
-    """Moves a module's parameters and gradients to `device` ('cpu', 'cuda', 'cuda:N'): device
-    arrays of torch (with CUDA) or CuPy, or numpy arrays for 'cpu'. The training workspace is
-    dropped (as by eval()); an optimiser built before the move holds the old arrays."""
-    index = _parse_device(device)
-    with module._lock:
-        module._drop_tape()
-        stack = getattr(module, "_cuda_stack", None)
-        if stack is not None:
-            stack.release()
-            module._cuda_stack = None
-        if index is None:
-            for table in (module.params, module.grads):
-                for name, a in table.items():
-                    if is_device_array(a):
-                        table[name] = np.ascontiguousarray(_Library(a).to_host(a),
-                                                           dtype=module.dtype)
-            return module
-        if not cuda_available():
-            raise RuntimeError(f"cannot move {type(module).__name__} to cuda:{index}: "
-                               f"{cuda_status()}")
-        for table in (module.params, module.grads):
+def move_arrays(tables, index, dtype, owner):
+    """Replaces every array of `tables` (dicts name -> array, e.g. a module's params and grads)
+    by a copy in dtype on cuda:`index` (device arrays of torch with CUDA, else CuPy), or on the
+    host (numpy) for index None. owner: the module's class name, for messages."""
+    if index is None:
+        for table in tables:
             for name, a in table.items():
-                host = a if isinstance(a, np.ndarray) else _Library(a).to_host(a)
-                table[name] = _device_array(np.ascontiguousarray(host, dtype=module.dtype), index)
-    return module
+                if is_device_array(a):
+                    table[name] = np.ascontiguousarray(_Library(a).to_host(a), dtype=dtype)
+        return
+    if not cuda_available():
+        raise RuntimeError(f"cannot move {owner} to cuda:{index}: {cuda_status()}")
+    for table in tables:
+        for name, a in table.items():
+            host = a if isinstance(a, np.ndarray) else _Library(a).to_host(a)
+            table[name] = _device_array(np.ascontiguousarray(host, dtype=dtype), index)
 
 
 def _device_array(host, index):

@@ -15,13 +15,13 @@ Shapes: `...` is any number of leading dimensions (e.g. (T, B) for time-major se
 from __future__ import annotations
 
 import numbers
-import threading
 
 import numpy as np
 
 from rnncore._ext import core
 from rnncore.nn.module import (
     Module,
+    Tape,
     as_array,
     check_parameter_memory,
     check_shape,
@@ -32,57 +32,35 @@ from rnncore.nn.module import (
 
 
 class _Layer(Module):
-    """A module with one tape: the record of its last training-mode forward.
+    """A module with one Tape: the record of its last training-mode forward.
 
     The forward's arithmetic runs outside the module's lock; recording the tape, and backward
     (consuming it and adding into `grads`, which two threads must not do at once), take it."""
 
     # a copy or an unpickled layer has no pending backward
-    _core_state = ("_tape", "_forwards", "_unconsumed")
+    _core_state = ("_pending",)
 
     def __init__(self, dtype):
         super().__init__(dtype)
         self._init_core()
 
     def _init_core(self):
-        self._tape = None   # (dy's shape, saved arrays, forward number, thread)
-        self._forwards = 0  # training forwards so far
-        self._unconsumed = {}  # thread ident -> its last training forward not back-propagated
-
-    def _drop_tape(self):
-        self._tape = None
-        self._unconsumed.clear()
+        self._pending = Tape(type(self).__name__)  # (dy's shape, saved arrays)
 
     def _record(self, out_shape, *saved):
         """Keeps what backward needs, in training mode only; out_shape is the shape dy must have."""
         if not self._recording():
             return  # eval() already dropped any tape; no_grad() leaves it alone
         with self._lock:
-            self._forwards += 1
-            thread = threading.get_ident()
-            self._tape = (tuple(out_shape), saved, self._forwards, thread)
-            self._unconsumed[thread] = self._forwards
+            self._pending.push((tuple(out_shape), saved))
 
     def _consume(self, dy):
         """Checks dy against the tape, then consumes the tape: returns (dy, *saved). The caller
         holds the lock. A bad dy leaves the tape in place."""
-        if self._tape is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
-                "there is none (never run, run in eval mode, or already consumed by backward)")
-        mine = self._unconsumed.get(threading.get_ident())
-        if mine is not None and mine != self._tape[2]:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward(): this thread's training forward was replaced "
-                "by a later training forward from another thread before its backward; one module "
-                "cannot train in several threads at once (give each thread its own module, e.g. "
-                "copy.deepcopy(module), or hold a lock around each forward + backward)")
+        out_shape, saved = self._pending.last()
         dy = as_array("dy", dy, self.dtype)
-        check_shape("dy", dy, self._tape[0], " (the shape of the forward's output)")
-        _, saved, number, thread = self._tape
-        self._tape = None
-        if self._unconsumed.get(thread) == number:
-            del self._unconsumed[thread]
+        check_shape("dy", dy, out_shape, " (the shape of the forward's output)")
+        self._pending.pop()
         return (dy,) + saved
 
 

@@ -111,6 +111,8 @@ class Model(Module):
     # ---- modes and gradients ----------------------------------------------------------------
     def train(self, mode=True):
         object.__setattr__(self, "training", bool(mode))
+        if not mode:
+            self._drop_tape()  # a model with a backward of its own keeps a Tape as any module
         for child in self._modules.values():
             child.train(mode)
         return self

@@ -1,4 +1,10 @@
-"""Shared machinery of rnncore's modules: parameters, gradients, modes, state dicts, input checks."""
+"""Shared machinery of rnncore's modules: parameters, gradients, modes, state dicts, input checks,
+and the module protocol of backward: every module that has one keeps what it consumes in
+`self._pending`, a Tape (one slot: whole-sequence modules, layers, models) or a StepTape (many:
+cells, attention), made in `_init_core` (so a copy has none); recording follows `_recording()`
+(training mode, outside no_grad()); eval() drops it; a backward with nothing to consume raises
+needs_forward()'s one RuntimeError; a bad argument to backward raises before the record is
+popped, so it stays."""
 from __future__ import annotations
 
 import numbers
@@ -185,11 +191,87 @@ def check_keys(owner, names, keys):
         raise KeyError(f"load_state_dict({owner}): " + "; ".join(parts))
 
 
+def needs_forward(owner, what="forward"):
+    """The RuntimeError of a backward with nothing to consume, in the one wording every module
+    uses (what: "forward", or "forward step" for the step-by-step modules)."""
+    return RuntimeError(
+        f"{owner}.backward() needs a preceding training-mode {what} that has not been "
+        "back-propagated yet (never run, run in eval mode or under no_grad(), or already "
+        "consumed by backward)")
+
+
+class Tape:
+    """What one backward consumes: the record of a module's last training-mode forward (one
+    slot), with the thread that ran it. Used by every module with a whole-sequence backward
+    (layers, recurrent modules, the pyramid encoder, the task models).
+
+        tape.push(record)      a training forward (replaces any record still pending)
+        record = tape.last()   what backward would take; RuntimeError when there is none
+        ... check backward's arguments (a bad one raises here: the record stays) ...
+        tape.pop()             consumes it
+        tape.discard()         the pending record is void (its workspace is being reused)
+        tape.clear()           drops everything (eval(), .to(), a copy)
+
+    A thread whose own training forward was replaced by another thread's before its backward
+    gets a RuntimeError from last() instead of back-propagating through the other thread's
+    sequence (one module cannot train in several threads at once). Callers hold the module's
+    lock."""
+
+    def __init__(self, owner):
+        self.owner = owner  # the module's class name, for messages
+        self._slot = None  # (record, forward number, thread)
+        self._forwards = 0  # training forwards so far
+        self._unconsumed = {}  # thread ident -> number of its last forward not back-propagated
+
+    def __len__(self):
+        return 0 if self._slot is None else 1
+
+    @property
+    def pending(self):
+        """The record backward would take now, or None."""
+        return None if self._slot is None else self._slot[0]
+
+    def push(self, record):
+        self._forwards += 1
+        thread = threading.get_ident()
+        self._slot = (record, self._forwards, thread)
+        self._unconsumed[thread] = self._forwards
+
+    def last(self):
+        if self._slot is None:
+            raise needs_forward(self.owner)
+        mine = self._unconsumed.get(threading.get_ident())
+        if mine is not None and mine != self._slot[1]:
+            raise RuntimeError(
+                f"{self.owner}.backward(): this thread's training forward was replaced by a "
+                "later training forward from another thread before its backward; one module "
+                "cannot train in several threads at once (give each thread its own module, e.g. "
+                "copy.deepcopy(module), or hold a lock around each forward + backward)")
+        return self._slot[0]
+
+    def pop(self):
+        record, number, thread = self._slot
+        self._slot = None
+        if self._unconsumed.get(thread) == number:
+            del self._unconsumed[thread]
+        return record
+
+    def discard(self):
+        """Voids the pending record but keeps the threads' claims: a thread whose forward it
+        was still learns, at its backward, that another thread's forward came in between."""
+        self._slot = None
+
+    def clear(self):
+        self._slot = None
+        self._unconsumed.clear()
+
+
 class StepTape:
     """The training steps of a step-by-step module (the cells, attention) not yet
-    back-propagated, last first, each with the thread that ran it. backward takes the most recent
-    one; a thread may not take a step another thread ran while it has pending steps of its own
-    (one module cannot train in several threads at once). Callers hold the module's lock."""
+    back-propagated, last first, each with the thread that ran it: the many-slot Tape. backward
+    takes the most recent one; a thread may not take a step another thread ran while it has
+    pending steps of its own (one module cannot train in several threads at once). Callers hold
+    the module's lock."""
 
     def __init__(self, owner):
         self.owner = owner  # the module's class name, for messages
@@ -198,6 +280,11 @@ class StepTape:
 
     def __len__(self):
         return len(self._steps)
+
+    @property
+    def pending(self):
+        """The step backward would take now, or None."""
+        return self._steps[-1][0] if self._steps else None
 
     def push(self, step):
         thread = threading.get_ident()
@@ -208,8 +295,7 @@ class StepTape:
         """The step backward would take now; RuntimeError when there is none or it is another
         thread's while this thread has its own."""
         if not self._steps:
-            raise RuntimeError(f"{self.owner}.backward() needs a preceding training-mode forward "
-                               "step that has not been back-propagated yet")
+            raise needs_forward(self.owner, "forward step")
         step, owner = self._steps[-1]
         me = threading.get_ident()
         if owner != me and self._threads.get(me):
@@ -273,12 +359,32 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    # What backward consumes: a Tape (or, for the step-by-step modules, a StepTape) made in
+    # _init_core by every module that has a backward; None for those without one.
+    _pending = None
+
+    @property
+    def _tape(self):
+        """The record backward would consume now (None when there is none)."""
+        return None if self._pending is None else self._pending.pending
+
     def _drop_tape(self):
-        pass
+        if self._pending is not None:
+            self._pending.clear()
 
     def _recording(self):
         """Whether a forward now records for backward: training mode, outside no_grad()."""
         return self.training and grad_enabled()
+
+    def _begin_record(self):
+        """At the start of a forward: _recording(), and when it records, the record still
+        pending is void from here on (the forward replaces what it refers to: a workspace, the
+        children's records), even if the forward fails part-way."""
+        recording = self._recording()
+        if recording and self._pending is not None:
+            with self._lock:
+                self._pending.discard()
+        return recording
 
     def num_parameters(self):
         return int(sum(p.size for p in self.params.values()))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnncore.nn.model import Model
-from rnncore.nn.module import positive_int
+from rnncore.nn.module import Tape, positive_int
 from rnncore.nn.recurrent import LSTM
 from rnncore.nn.registry import make_module
 
@@ -77,7 +77,12 @@ class PyramidEncoder(Model):
                            seed=None if seed is None else seed + k)
             self.add_module(f"layer{k}", make_module(cell, size, hidden_size, **options)
                             if by_name else cell(size, hidden_size, **options))
-        self._frames = None
+        self._init_core()
+
+    _core_state = ("_pending",)  # a copy has no pending backward
+
+    def _init_core(self):
+        self._pending = Tape("PyramidEncoder")  # the frame counts of the layers below the top
 
     @property
     def layers(self):
@@ -100,7 +105,8 @@ class PyramidEncoder(Model):
         if lengths is None:
             lengths = np.full(x.shape[1], x.shape[0], dtype=np.int64)
         lengths = np.asarray(lengths)
-        frames = []
+        recording = self._begin_record()  # the layers' records are replaced from here on
+        frames = []  # frames[k]: the time steps of layer k's output, k below the top
         y = x
         for k, layer in enumerate(self.layers):
             if k:
@@ -108,17 +114,17 @@ class PyramidEncoder(Model):
                 y = pair_frames(y)
                 lengths = halve_lengths(lengths)
             y, _ = layer(y, lengths=lengths)
-        self._frames = frames if self.training else None
+        if recording:
+            with self._lock:
+                self._pending.push(frames)
         return y, np.asarray(lengths, dtype=np.int64)
 
     def backward(self, dy):
         """dy (T', B, output_size) -> dx (T, B, input_size); adds parameter gradients."""
-        if self._frames is None:
-            raise RuntimeError("backward needs a training-mode forward first (and consumes it)")
-        frames, self._frames = self._frames, None
-        d = dy
-        for k in range(self.num_layers - 1, -1, -1):
-            d = self.layers[k].backward(d)[0]
-            if k:
-                d = unpair_frames(d, frames[k - 1])
+        with self._lock:
+            frames = self._pending.last()
+            d = self.layers[-1].backward(dy)[0]  # checks dy: a bad one consumes nothing
+            self._pending.pop()
+        for k in range(self.num_layers - 2, -1, -1):
+            d = self.layers[k].backward(unpair_frames(d, frames[k]))[0]
         return d

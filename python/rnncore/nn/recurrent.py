@@ -1,19 +1,24 @@
 """Multi-layer, optionally bidirectional recurrent modules over whole sequences.
 
-Each (layer, direction) is one call into the C++ core per sequence batch (never one per step).
+One call into a stack driver per sequence batch (never one per step), which walks the layers
+and directions. Each call picks its backend once: host arrays run on rnncore._core.Stack with
+numpy as the array namespace; device arrays (rnncore.cuda) on rnncore.nn.cuda.CudaStack, which
+has the same calling convention, with the input's own library (torch or CuPy) as the namespace.
+The argument checks, the Tape, the dropout seed and the thread bookkeeping are the same code for
+both.
 """
 from __future__ import annotations
 
 import numbers
-import threading
 
 import numpy as np
 
 from rnncore._ext import core
-from rnncore.nn import cuda as _cuda_path
+from rnncore.nn import cuda as _cuda
 from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
     Module,
+    Tape,
     as_array,
     check_lengths,
     check_parameter_memory,
@@ -22,6 +27,26 @@ from rnncore.nn.module import (
     uniform,
 )
 from rnncore.nn.precision import check_precision
+
+
+class _NumpyArrays:
+    """The array namespace of the host path (the device path's is rnncore.nn.cuda._Library)."""
+
+    @staticmethod
+    def array(name, value, dtype):
+        return as_array(name, value, dtype)
+
+    @staticmethod
+    def swap01(a):
+        """(T, B, F) <-> (B, T, F), contiguous."""
+        return np.ascontiguousarray(a.transpose(1, 0, 2))
+
+    @staticmethod
+    def host(a):
+        return a
+
+
+HOST_ARRAYS = _NumpyArrays()
 
 
 class _RNNBase(Module):
@@ -58,17 +83,15 @@ class _RNNBase(Module):
         self._init_params()
         self._init_core()
 
-    _core_state = ("_stack", "_tape", "_forwards", "_unconsumed", "_cuda_stack")
+    _core_state = ("_stack", "_pending", "_cuda_stack")
 
     def _init_core(self):
         # The C++ stack: all layers and directions in one call; it keeps the training workspace
         # between steps so its memory is reused (eval() releases it).
         self._stack = core.Stack(self.cell, self.input_size, self.hidden_size, self.num_layers,
                                   self.bidirectional, self.dtype, self.precision)
-        self._tape = None  # (T, B, unbatched, forward number, thread) that backward consumes
-        self._forwards = 0  # training forwards so far
-        # thread ident -> number of its last training forward, while not back-propagated
-        self._unconsumed = {}
+        self._cuda_stack = None  # the CUDA stack, made on the first call with device arrays
+        self._pending = Tape(type(self).__name__)  # (T, B, unbatched, stack, array namespace)
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffix(self, direction):
@@ -104,46 +127,78 @@ class _RNNBase(Module):
     def _init_bias(self, uniform):
         return uniform(self.gates * self.hidden_size)
 
+    # ---- the backend of a call ----------------------------------------------------------
+    def _arrays(self, x):
+        """The array namespace of a call with input x: numpy for host arrays, x's own library
+        for device arrays (after checking that x and the parameters are on one device)."""
+        if self._device is None and not _cuda.is_device_array(x):
+            return HOST_ARRAYS
+        return _cuda.device_arrays(x, self._device, type(self).__name__)
+
+    def _stack_for(self, xp):
+        """The stack driver that computes on xp's arrays. The caller holds the lock."""
+        if xp is HOST_ARRAYS:
+            return self._stack
+        if self._cuda_stack is None:
+            self._cuda_stack = _cuda.CudaStack(self.cell, self.input_size, self.hidden_size,
+                                               self.num_layers, self.bidirectional, self.dtype)
+        return self._cuda_stack
+
     # ---- input checks -------------------------------------------------------------------
     def _layout(self):
         return "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
 
-    def _check_input(self, x):
-        x = as_array("x", x, self.dtype)
+    def _check_input(self, xp, x):
+        x = xp.array("x", x, self.dtype)
+        shape = tuple(x.shape)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D {self._layout()} or 2-D unbatched (T, input_size), "
-                             f"got {x.ndim}-D with shape {x.shape}")
-        if x.shape[-1] != self.input_size:
+                             f"got {x.ndim}-D with shape {shape}")
+        if shape[-1] != self.input_size:
             raise ValueError(f"x must have input_size={self.input_size} features in its last "
-                             f"dimension, got shape {x.shape}")
+                             f"dimension, got shape {shape}")
         unbatched = x.ndim == 2
-        return self._to_time_major(x, unbatched), unbatched
+        return self._to_time_major(xp, x, unbatched), unbatched
 
     def _state_shape(self, batch, unbatched):
         LD = self.num_layers * self.num_directions
         return (LD, self.hidden_size) if unbatched else (LD, batch, self.hidden_size)
 
-    def _check_state(self, name, value, batch, unbatched):
+    def _check_state(self, xp, name, value, batch, unbatched):
         if value is None:
             return None
         if isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be an array of shape {self._state_shape(batch, unbatched)}, "
                             f"got a {type(value).__name__}")
-        a = as_array(name, value, self.dtype)
+        a = xp.array(name, value, self.dtype)
         check_shape(name, a, self._state_shape(batch, unbatched),
                     " (num_layers * num_directions, B, hidden_size)" if not unbatched else
                     " (num_layers * num_directions, hidden_size)")
         return a.reshape(self._state_shape(batch, False)) if unbatched else a
 
-    def _split_state(self, state, batch, unbatched):
+    def _split_state(self, xp, state, batch, unbatched):
         """The h0 argument -> (h0, c0) arrays of shape (L*D, B, H) or None."""
-        return self._check_state("h0", state, batch, unbatched), None
+        return self._check_state(xp, "h0", state, batch, unbatched), None
+
+    def _check_grad_state(self, xp, grad, batch, unbatched):
+        """The dh_n argument -> (dh_n, dc_n) arrays of shape (L*D, B, H) or None."""
+        return self._check_state(xp, "dh_n", grad, batch, unbatched), None
 
     def _pack_state(self, h, c, unbatched):
         if unbatched:
-            h = h[:, 0, :]
-            c = None if c is None else c[:, 0, :]
+            h = h.reshape((h.shape[0], h.shape[2]))
+            c = None if c is None else c.reshape((c.shape[0], c.shape[2]))
         return h if not self._has_cell_state else (h, c)
+
+    def _to_time_major(self, xp, a, unbatched):
+        if unbatched:
+            return a.reshape((a.shape[0], 1, a.shape[1]))
+        return xp.swap01(a) if self.batch_first else a
+
+    def _from_time_major(self, xp, a, unbatched):
+        if unbatched:
+            return a.reshape((a.shape[0], a.shape[2]))
+        return xp.swap01(a) if self.batch_first else a
 
     # ---- forward / backward -------------------------------------------------------------
     def forward(self, x, h0=None, lengths=None):
@@ -153,113 +208,69 @@ class _RNNBase(Module):
         h0: initial state of shape (num_layers * num_directions, B, hidden_size), or the tuple
         (h0, c0) for LSTMs; zeros if None.
         lengths: int array (B,) of valid lengths (batched input only); outputs past a sequence's
-        length are zero and its final state is the one after its last valid step."""
-        if self._device is not None or _cuda_path.is_device_array(x):  # rnncore.cuda
-            return _cuda_path.module_forward(self, x, h0, lengths)
-        x, unbatched = self._check_input(x)
-        T, B = x.shape[0], x.shape[1]
-        h0, c0 = self._split_state(h0, B, unbatched)
+        length are zero and its final state is the one after its last valid step.
+        Device arrays (torch CUDA tensors, CuPy) run on the device once the module is there
+        (.to("cuda")); the outputs are then arrays of x's library."""
+        xp = self._arrays(x)
+        x, unbatched = self._check_input(xp, x)
+        T, B = int(x.shape[0]), int(x.shape[1])
+        h0, c0 = self._split_state(xp, h0, B, unbatched)
         if lengths is not None and unbatched:
             raise ValueError("lengths is only accepted with batched (3-D) input")
-        lengths = check_lengths(lengths, T, B)
+        lengths = check_lengths(xp.host(lengths), T, B)
         with self._lock:
-            training = self._recording()
-            if training:
-                # The workspace is reused: a previous forward's tape is invalid from here on,
-                # even if this call fails part-way.
-                self._tape = None
+            stack = self._stack_for(xp)
+            training = self._begin_record()  # the workspace is reused: an earlier record is void
             seed = int(self._rng.integers(2**63)) if training and self.dropout > 0 else 0
-            y, h_n, c_n = self._stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
-                                              training=training, dropout=self.dropout, seed=seed)
+            y, h_n, c_n = stack.forward(x, self.params, h0=h0, c0=c0, lengths=lengths,
+                                        training=training, dropout=self.dropout, seed=seed)
             if training:
-                self._forwards += 1
-                thread = threading.get_ident()
-                self._tape = (T, B, unbatched, self._forwards, thread)
-                self._unconsumed[thread] = self._forwards
-        return self._from_time_major(y, unbatched), self._pack_state(h_n, c_n, unbatched)
-
-    def _check_grad_state(self, grad, batch, unbatched):
-        return self._check_state("dh_n", grad, batch, unbatched), None
+                self._pending.push((T, B, unbatched, stack, xp))
+        return self._from_time_major(xp, y, unbatched), self._pack_state(h_n, c_n, unbatched)
 
     def backward(self, dy, dh_n=None):
-        """BPTT through the last training-mode forward (consumed). Adds parameter gradients into
-        `grads`; returns (dx, dh0), or (dx, (dh0, dc0)) for LSTMs, shaped like x and h0.
+        """BPTT through the last training-mode forward (consumed), on the backend that forward
+        ran on. Adds parameter gradients into `grads`; returns (dx, dh0), or (dx, (dh0, dc0))
+        for LSTMs, shaped like x and h0.
 
         dy: gradient of the loss w.r.t. y (same shape as y); dh_n: gradient w.r.t. h_n, or the
         tuple (dh_n, dc_n) for LSTMs (None = zero)."""
-        if _cuda_path.pending_on_device(self):  # the forward ran on a device (rnncore.cuda)
-            return _cuda_path.module_backward(self, dy, dh_n)
         with self._lock:
-            tape = self._take_tape()
-            T, B, unbatched = tape[:3]
+            T, B, unbatched, stack, xp = self._pending.last()
             DH = self.num_directions * self.hidden_size
             y_shape = (T, DH) if unbatched else ((B, T, DH) if self.batch_first else (T, B, DH))
-            try:
-                dy = as_array("dy", dy, self.dtype)
-                check_shape("dy", dy, y_shape, " (the shape of y)")
-                dh_n, dc_n = self._check_grad_state(dh_n, B, unbatched)
-            except Exception:
-                self._tape = tape  # a bad argument does not consume the forward
-                raise
-            self._consumed(tape)
+            dy = xp.array("dy", dy, self.dtype)  # a bad argument does not consume the forward
+            check_shape("dy", dy, y_shape, " (the shape of y)")
+            dh_n, dc_n = self._check_grad_state(xp, dh_n, B, unbatched)
+            self._pending.pop()
             record = bool(self.record_grad_norms)
             self.grad_norms = None
-            dx, dh0, dc0 = self._stack.backward(self._to_time_major(dy, unbatched), self.params,
-                                                self.grads, dh_n=dh_n, dc_n=dc_n,
-                                                grad_norms=record)
+            dx, dh0, dc0 = stack.backward(self._to_time_major(xp, dy, unbatched), self.params,
+                                          self.grads, dh_n=dh_n, dc_n=dc_n, grad_norms=record)
             if record:
-                self.grad_norms = self._stack.grad_norms
-        return self._from_time_major(dx, unbatched), self._pack_state(dh0, dc0, unbatched)
-
-    def _take_tape(self):
-        """The tape backward consumes; RuntimeError if there is none, or if the calling thread's
-        own training forward was replaced by another thread's (its backward would otherwise
-        silently run through the other thread's sequence)."""
-        if self._tape is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward() needs a preceding training-mode forward; "
-                "there is none (never run, run in eval mode, or already consumed by backward)")
-        mine = self._unconsumed.get(threading.get_ident())
-        if mine is not None and mine != self._tape[3]:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward(): this thread's training forward was replaced "
-                "by a later training forward from another thread before its backward; one module "
-                "cannot train in several threads at once (give each thread its own module, e.g. "
-                "copy.deepcopy(module), or hold a lock around each forward + backward)")
-        tape, self._tape = self._tape, None
-        return tape
-
-    def _consumed(self, tape):
-        thread = tape[4]
-        if self._unconsumed.get(thread) == tape[3]:
-            del self._unconsumed[thread]
-
-    def _to_time_major(self, a, unbatched):
-        if unbatched:
-            return a[:, None, :]
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
-
-    def _from_time_major(self, a, unbatched):
-        if unbatched:
-            return a[:, 0, :]
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+                self.grad_norms = stack.grad_norms
+        return self._from_time_major(xp, dx, unbatched), self._pack_state(dh0, dc0, unbatched)
 
     def _drop_tape(self):
-        self._tape = None
-        self._unconsumed.clear()
+        super()._drop_tape()
         self._stack.release()
         if self._cuda_stack is not None:
             self._cuda_stack.release()
 
     # ---- devices (rnncore.cuda) ---------------------------------------------------------
     _device = None  # CUDA device index of the parameters, None on the host
-    _cuda_stack = None
 
     def to(self, device):
         """Moves parameters and gradients to 'cuda', 'cuda:N' (device arrays of torch or CuPy)
-        or 'cpu' (numpy); returns self. Device modules take device arrays (docs/cuda.md)."""
-        _cuda_path.module_to(self, device)
-        self._device = _cuda_path._parse_device(device)
+        or 'cpu' (numpy); returns self. Device modules take device arrays (docs/cuda.md). The
+        training workspace is dropped (as by eval()); an optimiser built before the move holds
+        the old arrays."""
+        index = _cuda.parse_device(device)
+        with self._lock:
+            self._drop_tape()
+            self._cuda_stack = None
+            _cuda.move_arrays((self.params, self.grads), index, self.dtype, type(self).__name__)
+            self._device = index
         return self
 
     def cpu(self):
@@ -286,23 +297,23 @@ class _RNNBase(Module):
 class _LSTMStateMixin:
     _has_cell_state = True
 
-    def _split_state(self, state, batch, unbatched):
+    def _split_state(self, xp, state, batch, unbatched):
         if state is None:
             return None, None
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(f"h0 (the initial state of {type(self).__name__}) must be a tuple "
                             f"(h0, c0), got {type(state).__name__}")
-        return (self._check_state("h0", state[0], batch, unbatched),
-                self._check_state("c0", state[1], batch, unbatched))
+        return (self._check_state(xp, "h0", state[0], batch, unbatched),
+                self._check_state(xp, "c0", state[1], batch, unbatched))
 
-    def _check_grad_state(self, grad, batch, unbatched):
+    def _check_grad_state(self, xp, grad, batch, unbatched):
         if grad is None:
             return None, None
         if not isinstance(grad, (tuple, list)) or len(grad) != 2:
             raise TypeError(f"dh_n (the final-state gradient of {type(self).__name__}) must be "
                             f"a tuple (dh_n, dc_n), got {type(grad).__name__}")
-        return (self._check_state("dh_n", grad[0], batch, unbatched),
-                self._check_state("dc_n", grad[1], batch, unbatched))
+        return (self._check_state(xp, "dh_n", grad[0], batch, unbatched),
+                self._check_state(xp, "dc_n", grad[1], batch, unbatched))
 
 
 class RNN(_RNNBase):
