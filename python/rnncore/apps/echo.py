@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnncore.apps.common import add_common_arguments, check_positive, set_threads, train_loop
+from rnncore.apps.common import (
+    add_common_arguments,
+    check_positive,
+    set_threads,
+    train_loop,
+)
 from rnncore.nn.layers import Linear
 from rnncore.nn.registry import make_module
 from rnncore.train.losses import cross_entropy
