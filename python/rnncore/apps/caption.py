@@ -21,17 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnncore.apps.common import (
-    Progress,
-    Target,
-    add_common_arguments,
-    add_target_argument,
-    check_positive,
-    check_target,
-    output_folder,
-    set_threads,
-    train_loop,
-)
+from rnncore.apps import common
 from rnncore.models.captioner import (
     CELL,
     COLOURS,
@@ -46,7 +36,7 @@ from rnncore.models.captioner import (
 )
 from rnncore.train import checkpoint
 from rnncore.train.losses import cross_entropy
-from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
+from rnncore.train.optim import Adam, CosineWarmup
 
 
 def shape_mask(shape, size, dx, dy):
@@ -117,12 +107,12 @@ def add_arguments(ap):
     ap.add_argument("--test-size", type=int, default=1000, help="held-out images (default 1000)")
     ap.add_argument("--features", type=int, default=64, help="region feature size")
     ap.add_argument("--attention", type=int, default=64, help="additive attention size")
-    add_common_arguments(
+    common.add_common_arguments(
         ap, dict(embed=32, hidden=128, batch=64, steps=2000, lr=3e-3, clip=1.0, eval_every=250,
                  seed=0, threads=0, out="rnncore-caption", no_progress=True),
         helps={"hidden": "decoder LSTMCell size", "embed": "word embedding size",
                "lr": "peak learning rate (cosine schedule after 100 warm-up updates)"})
-    add_target_argument(ap, 0.95, "exact match")
+    common.add_target_argument(ap, 0.95, "exact match")
     ap.add_argument("--samples", type=int, default=6, help="held-out captions printed")
 
 
@@ -144,13 +134,14 @@ def evaluate(model, images, tokens, chunk=500):
 
 
 def run(args, error):
-    check_positive(args, ("train_size", "test_size", "features", "hidden", "embed", "attention",
-                          "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_positive(args, ("train_size", "test_size", "features", "hidden", "embed",
+                                 "attention", "batch", "steps", "lr", "clip", "eval_every"),
+                          error)
     if args.samples < 0:
         error(f"--samples must be >= 0, got {args.samples}")
-    check_target(args, error)
-    out = output_folder(args.out, error)
-    version, threads = set_threads(args)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     images, tokens = make_dataset(rng, args.train_size)
@@ -170,14 +161,10 @@ def run(args, error):
         target = tokens[:, rows]
         logits = model(images[rows], target)
         loss, dlogits = cross_entropy(logits, target, mask=target != STOI[PAD])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        sched.step()
+        common.backward_and_step(model, opt, dlogits, args.clip, sched)
         return loss
 
-    history, target = [], Target(args.target, ".0%")
+    history, target = [], common.Target(args.target, ".0%")
 
     def evaluate_now(step, loss, seconds):
         exact, words, _ = evaluate(model, test_images, test_tokens)
@@ -186,8 +173,9 @@ def run(args, error):
         return (f"update {step}: held-out exact match {exact:.1%}, word accuracy "
                 f"{words:.1%}, training loss {loss:.4f} ({seconds:.0f} s)")
 
-    end = train_loop(update, args.steps, evaluate=evaluate_now, eval_every=args.eval_every,
-                     progress=Progress(args.steps, args.no_progress))
+    end = common.train_loop(update, args.steps, evaluate=evaluate_now,
+                            eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress))
     exact, words = history[-1][2:]  # the loop evaluates after its last update
 
     path = out / "caption.safetensors"
@@ -196,9 +184,8 @@ def run(args, error):
                     extra={"exact_match": exact, "word_accuracy": words, "history": history})
     _print_samples(model, test_images, test_tokens, args.samples)
     print(f"checkpoint: {path}")
-    print(f"held-out caption exact match: {exact:.1%} (word accuracy {words:.1%}) after "
-          f"{args.steps} updates ({end.seconds:.0f} s){target.when()}; "
-          f"{target.verdict(exact)}")
+    print(f"held-out caption exact match: {exact:.1%} (word accuracy {words:.1%}) "
+          f"{target.after(args.steps, end.seconds)}; {target.verdict(exact)}")
     return target.exit_code(exact)
 
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from rnncore._ext import __version__, get_num_threads, set_num_threads
 from rnncore.nn.registry import CELLS
+from rnncore.train.optim import clip_grad_norm
 
-# ---- flags ----------------------------------------------------------------------------------------
+# ---- flags -----------------------------------------------------------------------------------
 
 # flag (attribute name) -> (type, help with {default} filled in, or None); in this order on --help
 _COMMON = {
@@ -96,7 +97,7 @@ def set_threads(args):
     return __version__, get_num_threads()
 
 
-# ---- the training loop ------------------------------------------------------------------------------
+# ---- the training loop -----------------------------------------------------------------------
 
 class Progress:
     """A tqdm bar over `total` updates starting at `initial` (or nothing with disabled=True);
@@ -186,12 +187,14 @@ class Target:
         if self.reached_at is None and score >= self.value:
             self.reached_at = (step, seconds)
 
-    def when(self):
-        """'; 98% first reached at update 300 (4.1 s)', or '' when it never was."""
+    def after(self, steps, seconds):
+        """'after 1000 updates (12 s); 98% first reached at update 300 (4.1 s)' (the second part
+        only when it was reached)."""
+        line = f"after {steps} updates ({seconds:.0f} s)"
         if self.reached_at is None:
-            return ""
-        step, seconds = self.reached_at
-        return f"; {self.value:{self.fmt}} first reached at update {step} ({seconds:.1f} s)"
+            return line
+        step, when = self.reached_at
+        return line + f"; {self.value:{self.fmt}} first reached at update {step} ({when:.1f} s)"
 
     def verdict(self, score):
         reached = "reached" if score >= self.value else "NOT reached"
@@ -201,7 +204,18 @@ class Target:
         return 0 if score >= self.value else 1
 
 
-# ---- data ---------------------------------------------------------------------------------------------
+def backward_and_step(model, opt, dloss, clip, sched=None):
+    """The end of every app's update: model.backward(dloss) into zeroed gradients, clipping to
+    the global norm `clip`, the optimiser's step and the schedule's (when there is one)."""
+    model.zero_grad()
+    model.backward(dloss)
+    clip_grad_norm(model, clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
+# ---- data ------------------------------------------------------------------------------------
 
 def pad_batch(sequences, pad=0):
     """A list of 1-D int arrays -> (tokens (T, B) int64 padded with `pad`, lengths (B,) int64)."""

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from rnncore.apps.common import Progress, add_common_arguments, set_threads, train_loop
+from rnncore.apps.common import (
+    Progress,
+    add_common_arguments,
+    backward_and_step,
+    set_threads,
+    train_loop,
+)
 from rnncore.models.recognizer import ALPHABET, HEIGHT, Recognizer
 from rnncore.train import checkpoint
 from rnncore.train.ctc import ctc_loss, log_softmax
-from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
+from rnncore.train.optim import Adam, CosineWarmup
 
 # 5x7 glyphs, rows top to bottom, '#' = ink. Columns without ink are trimmed when rendering.
 FONT = {
@@ -175,11 +181,7 @@ def run(args, error):
         t = time.perf_counter()
         logits, lengths = model(x, widths)
         loss, dlogits = ctc_loss(log_softmax(logits), labels, lengths, zero_infinity=True)
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        sched.step()
+        backward_and_step(model, opt, dlogits, args.clip, sched)
         train_time[0] += time.perf_counter() - t
         losses.append(loss)
         return loss

@@ -23,18 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnncore.apps.common import (
-    Progress,
-    Target,
-    add_common_arguments,
-    add_target_argument,
-    check_positive,
-    check_target,
-    output_folder,
-    pad_batch,
-    set_threads,
-    train_loop,
-)
+from rnncore.apps import common
 from rnncore.models.sentiment import (
     DEFAULT_CELL,
     INTENSIFIERS,
@@ -50,7 +39,7 @@ from rnncore.models.sentiment import (
 from rnncore.nn.layers import Linear
 from rnncore.train import checkpoint
 from rnncore.train.losses import bce_with_logits, cross_entropy
-from rnncore.train.optim import Adam, clip_grad_norm
+from rnncore.train.optim import Adam
 
 TEMPLATES = ("not-at-all", "not-it-was", "but", "although-first", "although-last", "expected",
              "not-true")
@@ -138,8 +127,8 @@ def make_dataset(rng, n, exclude=frozenset()):
 
 def encode(reviews):
     """reviews -> (tokens (T, B) int64 padded with PAD, lengths (B,), labels (B,))."""
-    tokens, lengths = pad_batch([np.array([STOI[w] for w in r.words]) for r in reviews],
-                                STOI[PAD])
+    tokens, lengths = common.pad_batch([np.array([STOI[w] for w in r.words])
+                                        for r in reviews], STOI[PAD])
     return tokens, lengths, np.array([r.label for r in reviews], dtype=np.int64)
 
 
@@ -179,18 +168,19 @@ def add_arguments(ap):
                     help="training sentences (default 10000)")
     ap.add_argument("--test-size", type=int, default=2000,
                     help="held-out sentences, none of them in the training set (default 2000)")
-    add_common_arguments(ap, dict(cell=DEFAULT_CELL, embed=32, hidden=64, layers=1, batch=64,
-                                  steps=1000, lr=3e-3, clip=1.0, eval_every=100, seed=0,
-                                  threads=0, out="rnncore-sentiment", no_progress=True))
-    add_target_argument(ap, 0.98, "accuracy")
+    common.add_common_arguments(
+        ap, dict(cell=DEFAULT_CELL, embed=32, hidden=64, layers=1, batch=64, steps=1000, lr=3e-3,
+                 clip=1.0, eval_every=100, seed=0, threads=0, out="rnncore-sentiment",
+                 no_progress=True))
+    common.add_target_argument(ap, 0.98, "accuracy")
 
 
 def run(args, error):
-    check_positive(args, ("train_size", "test_size", "embed", "hidden", "layers", "batch",
-                          "steps", "lr", "clip", "eval_every"), error)
-    check_target(args, error)
-    out = output_folder(args.out, error)
-    version, threads = set_threads(args)
+    common.check_positive(args, ("train_size", "test_size", "embed", "hidden", "layers",
+                                 "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     train = make_dataset(rng, args.train_size)
@@ -215,13 +205,10 @@ def run(args, error):
         L = lengths[rows]
         logits = model(tokens[:int(L.max()), rows], L)
         loss, dlogits = cross_entropy(logits, labels[rows])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
+        common.backward_and_step(model, opt, dlogits, args.clip)
         return loss
 
-    history, target = [], Target(args.target, ".0%")
+    history, target = [], common.Target(args.target, ".0%")
 
     def evaluate(step, loss, seconds):
         accuracy = float((model.predict(test_tokens, test_lengths) == test_labels).mean())
@@ -230,9 +217,9 @@ def run(args, error):
         return (f"update {step}: held-out accuracy {accuracy:.1%}, training loss {loss:.3f} "
                 f"({seconds:.0f} s)")
 
-    end = train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
-                     progress=Progress(args.steps, args.no_progress),
-                     postfix=lambda step, loss: f"loss {loss:.3f}")
+    end = common.train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress),
+                            postfix=lambda step, loss: f"loss {loss:.3f}")
     accuracy = history[-1][2]  # the loop evaluates after its last update
 
     path = out / "sentiment.safetensors"
@@ -242,9 +229,8 @@ def run(args, error):
                            "history": history})
     _print_samples(model, test, test_tokens, test_lengths, test_labels)
     print(f"checkpoint: {path}")
-    print(f"held-out accuracy: {args.cell} {accuracy:.1%} after {args.steps} updates "
-          f"({end.seconds:.0f} s){target.when()}; bag of words {bag_test:.1%} (chance 50%); "
-          f"{target.verdict(accuracy)}")
+    print(f"held-out accuracy: {args.cell} {accuracy:.1%} {target.after(args.steps, end.seconds)}"
+          f"; bag of words {bag_test:.1%} (chance 50%); {target.verdict(accuracy)}")
     return target.exit_code(accuracy)
 
 

@@ -27,21 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnncore.apps.common import (
-    Progress,
-    Target,
-    add_common_arguments,
-    add_target_argument,
-    check_positive,
-    check_target,
-    output_folder,
-    set_threads,
-    train_loop,
-)
+from rnncore.apps import common
 from rnncore.models.trigger import BINS, DEFAULT_CELL, TriggerDetector
 from rnncore.train import checkpoint
 from rnncore.train.losses import bce_with_logits
-from rnncore.train.optim import Adam, clip_grad_norm
+from rnncore.train.optim import Adam
 
 TRIGGER_FRAMES = 24             # the trigger word's typical duration
 WORDS = ("trigger", "falling", "high-rise", "tone", "warble")
@@ -152,22 +142,23 @@ def add_arguments(ap):
                     help="frames labelled 1 after each trigger ends (default 50)")
     ap.add_argument("--train-clips", type=int, default=4000)
     ap.add_argument("--test-clips", type=int, default=500)
-    add_common_arguments(
+    common.add_common_arguments(
         ap, dict(cell=DEFAULT_CELL, hidden=64, layers=2, batch=32, steps=800, lr=3e-3, clip=1.0,
                  eval_every=250, seed=0, threads=0, out="rnncore-trigger", no_progress=True),
         helps={"cell": f"a cell of the registry (default: {DEFAULT_CELL}, unidirectional)"})
-    add_target_argument(ap, 0.95, "frame F1")
+    common.add_target_argument(ap, 0.95, "frame F1")
 
 
 def run(args, error):
-    check_positive(args, ("frames", "label_frames", "train_clips", "test_clips", "hidden",
-                          "layers", "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_positive(args, ("frames", "label_frames", "train_clips", "test_clips",
+                                 "hidden", "layers", "batch", "steps", "lr", "clip",
+                                 "eval_every"), error)
     if args.frames < 4 * TRIGGER_FRAMES:
         error(f"--frames must be at least {4 * TRIGGER_FRAMES} (room for a few words), got "
               f"{args.frames}")
-    check_target(args, error)
-    out = output_folder(args.out, error)
-    version, threads = set_threads(args)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     x, y, _ = make_dataset(rng, args.train_clips, args.frames, args.label_frames)
@@ -185,13 +176,10 @@ def run(args, error):
         rows = rng.integers(0, args.train_clips, size=args.batch)
         logits = model(x[:, rows])
         loss, dlogits = bce_with_logits(logits, y[:, rows])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
+        common.backward_and_step(model, opt, dlogits, args.clip)
         return loss
 
-    history, target = [], Target(args.target, ".2f")
+    history, target = [], common.Target(args.target, ".2f")
 
     def evaluate(step, loss, seconds):
         scores = frame_scores(model.predict(test_x) >= 0.5, test_y)
@@ -201,8 +189,8 @@ def run(args, error):
                 f"{scores[1]:.3f} F1 {scores[2]:.3f}, training loss {loss:.4f} "
                 f"({seconds:.0f} s)")
 
-    end = train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
-                     progress=Progress(args.steps, args.no_progress))
+    end = common.train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress))
     scores = history[-1][2:]  # the loop evaluates after its last update
 
     predicted = model.predict(test_x) >= 0.5
@@ -217,7 +205,7 @@ def run(args, error):
           f"(in {args.test_clips} clips)")
     print(f"checkpoint: {path}")
     print(f"held-out frame F1: {scores[2]:.3f} (precision {scores[0]:.3f}, recall "
-          f"{scores[1]:.3f}) after {args.steps} updates ({end.seconds:.0f} s){target.when()}; "
+          f"{scores[1]:.3f}) {target.after(args.steps, end.seconds)}; "
           f"{target.verdict(scores[2])}")
     return target.exit_code(scores[2])
 
