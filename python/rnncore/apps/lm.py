@@ -168,8 +168,8 @@ def run(args, error):
     if state.step == 0:
         loss0 = validate()
         state.history["val"].append((0, loss0))
-        print(f"  before training: validation {_metric(loss0, vocab.level)[0]} "
-              f"{_metric(loss0, vocab.level)[1]:.3f}")
+        name, value = _metric(loss0, vocab.level)
+        print(f"  before training: validation {name} {value:.3f}")
     end = _train(args, model, opt, sched, streams, validate, state, k2, vocab.level)
     if end.interrupted:
         print(f"\ninterrupted after {state.step} updates: saving a checkpoint to resume from")
