@@ -25,7 +25,7 @@ def pyplot(path, what="plot"):
     """matplotlib.pyplot on the file-only Agg backend, or None with a one-line note on stderr
     (matplotlib is the optional 'plot' extra): callers then write no file."""
     try:
-        import matplotlib
+        import matplotlib  # optional: matplotlib (rnncore[plot])
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

@@ -26,9 +26,9 @@ packing of many small arrays into a few buffers per collective call.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
-import torch
 from rnncore.nn.module import parameters_changed
 from rnncore.train.optim import _named_pairs
 

@@ -28,6 +28,7 @@ import numpy as np
 from rnncore._interop import blocks as _blocks
 from rnncore._interop import inverse as _inverse
 from rnncore.nn import registry as _registry
+from rnncore.nn.module import float_dtype, to_numpy
 from rnncore.nn.recurrent import GRU, LSTM, RNN, _RNNBase
 
 
@@ -119,7 +120,6 @@ def load_keras_weights(module, weights):
     into the module; returns it. Checks the count and every shape first (ValueError naming the
     layer and the array), then loads all at once."""
     spec = _spec(module)
-    from rnncore.nn.module import to_numpy
     if not isinstance(weights, Sequence) or len(weights) != module.num_layers:
         got = len(weights) if isinstance(weights, Sequence) else type(weights).__name__
         raise ValueError(f"weights must be a list of {module.num_layers} per-layer lists "
@@ -253,7 +253,6 @@ _LABELS = {"D": "directions", "bias": "use_bias"}  # _describe's keys as the mes
 
 def _value(variable):
     """A numpy copy of a Keras variable's value (any backend)."""
-    from rnncore.nn.module import to_numpy
     return np.array(to_numpy(getattr(variable, "value", variable)), copy=True)
 
 
@@ -289,8 +288,6 @@ def from_keras(layers, *, batch_first=True, dtype=None):
     the weights, and are not carried over.
     batch_first: the module's layout (default True, Keras' (B, T, features)).
     dtype: the module's dtype (default: float64 for float64 Keras weights, float32 otherwise)."""
-    from rnncore.nn.module import float_dtype
-    from rnncore.nn.registry import make_module
 
     layers = _keras_layers(layers)
     described = _describe(layers)
@@ -310,7 +307,7 @@ def from_keras(layers, *, batch_first=True, dtype=None):
                for layer in described]
     if dtype is None:
         dtype = np.float64 if weights[0][0].dtype == np.float64 else np.float32
-    module = make_module(first["cell"], first["input_size"], first["units"],
+    module = _registry.make_module(first["cell"], first["input_size"], first["units"],
                          num_layers=len(layers), bias=first["bias"], batch_first=batch_first,
                          bidirectional=first["D"] == 2, dtype=float_dtype(dtype))
     return load_keras_weights(module, weights)
@@ -318,7 +315,7 @@ def from_keras(layers, *, batch_first=True, dtype=None):
 
 def _require_keras():
     try:
-        import keras
+        import keras  # optional: keras (Keras 3)
     except ImportError as e:
         raise ImportError("making Keras layers needs Keras 3 (pip install keras; choose its "
                           "backend with KERAS_BACKEND, e.g. torch)") from e

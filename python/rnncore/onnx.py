@@ -26,9 +26,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rnncore._ext import __version__
 from rnncore._interop import blocks as _blocks
 from rnncore._interop import inverse as _inverse
+from rnncore.models.lm import LanguageModel
 from rnncore.nn import registry as _registry
+from rnncore.nn.module import float_dtype
 from rnncore.nn.recurrent import GRU, LSTM, RNN, _RNNBase
 
 DEFAULT_OPSET = 17
@@ -57,7 +60,7 @@ _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 def _require_onnx():
     try:
-        import onnx
+        import onnx  # optional: onnx (rnncore[onnx])
     except ImportError as e:
         raise ImportError("rnncore.onnx needs the onnx package: pip install 'rnncore[onnx]' "
                           "(or pip install onnx; onnxruntime to run the exported models)") from e
@@ -141,41 +144,18 @@ def _stack(g, module, x, h0, c0, lengths):
     sequence_lens = zero_length = None
     zero = []  # the scalar 0 initial state, made when first needed
     if lengths is not None:
-        sequence_lens = g.node("Cast", [lengths], "sequence_lens", to=g.onnx.TensorProto.INT32)
-        # A length-0 sequence keeps its initial state in rnncore; the ONNX operators leave that
-        # unspecified (onnxruntime returns zeros), so the graph selects the initial state itself.
-        is_zero = g.node("Equal", [lengths, g.constant("zero_length", np.array(0, np.int64))],
-                         "is_zero_length")
-        zero_length = g.node("Reshape", [is_zero, g.constant("state_mask_shape",
-                                                             np.array([1, -1, 1], np.int64))],
-                             "zero_length_mask")
+        sequence_lens, zero_length = _length_inputs(g, lengths)
     h_parts, c_parts = [], []
     for layer in range(L):
-        W, R, B, P = [], [], [], []
-        for d in range(D):
-            s = f"_l{layer}{'_reverse' if d else ''}"
-            p = module.params
-            W.append(_blocks(p["weight_ih" + s], spec.order, H))
-            R.append(_blocks(p["weight_hh" + s], spec.order, H))
-            if module.bias:
-                B.append(np.concatenate([_blocks(p["bias_ih" + s], spec.order, H),
-                                         _blocks(p["bias_hh" + s], spec.order, H)]))
-            if "weight_peephole" + s in p:
-                P.append(p["weight_peephole" + s][list(_PEEPHOLE_ORDER)].reshape(-1))
         stem = f"l{layer}"
-        inputs = [x, g.weight(f"W_{stem}", np.stack(W)), g.weight(f"R_{stem}", np.stack(R)),
-                  g.weight(f"B_{stem}", np.stack(B)) if B else "", sequence_lens or ""]
-        initial = {}
-        for name, state in (("h", h0), ("c", c0)):
-            if state is not None:
-                initial[name] = g.node("Slice", [
-                    state, g.constant(f"start_{stem}", np.array([layer * D], np.int64)),
-                    g.constant(f"end_{stem}", np.array([(layer + 1) * D], np.int64)),
-                    g.constant(f"axis_{stem}", np.array([0], np.int64))], f"initial_{name}_{stem}")
+        W, R, B, P = _layer_weights(module, spec, layer)
+        inputs = [x, g.weight(f"W_{stem}", W), g.weight(f"R_{stem}", R),
+                  g.weight(f"B_{stem}", B) if B is not None else "", sequence_lens or ""]
+        initial = _initial_states(g, h0, c0, layer, D)
         inputs.append(initial.get("h", ""))
         if two_states:
             inputs.append(initial.get("c", ""))
-            inputs.append(g.weight(f"P_{stem}", np.stack(P)) if P else "")
+            inputs.append(g.weight(f"P_{stem}", P) if P is not None else "")
         while inputs[-1] == "":  # trailing optional inputs are left out
             inputs.pop()
         outs = g.node(spec.op, inputs, f"{spec.op.lower()}_{stem}",
@@ -200,6 +180,49 @@ def _stack(g, module, x, h0, c0, lengths):
     return x, h_n, c_n
 
 
+def _length_inputs(g, lengths):
+    """(the int32 sequence_lens of the operators, a (1, B, 1) mask of the length-0 rows)."""
+    sequence_lens = g.node("Cast", [lengths], "sequence_lens", to=g.onnx.TensorProto.INT32)
+    # A length-0 sequence keeps its initial state in rnncore; the ONNX operators leave that
+    # unspecified (onnxruntime returns zeros), so the graph selects the initial state itself.
+    is_zero = g.node("Equal", [lengths, g.constant("zero_length", np.array(0, np.int64))],
+                     "is_zero_length")
+    zero_length = g.node("Reshape", [is_zero, g.constant("state_mask_shape",
+                                                         np.array([1, -1, 1], np.int64))],
+                         "zero_length_mask")
+    return sequence_lens, zero_length
+
+
+def _layer_weights(module, spec, layer):
+    """The operator's W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) or None and P (D, 3*H) or
+    None of one layer, gates in the operator's order."""
+    H, p = module.hidden_size, module.params
+    W, R, B, P = [], [], [], []
+    for d in range(module.num_directions):
+        s = f"_l{layer}{'_reverse' if d else ''}"
+        W.append(_blocks(p["weight_ih" + s], spec.order, H))
+        R.append(_blocks(p["weight_hh" + s], spec.order, H))
+        if module.bias:
+            B.append(np.concatenate([_blocks(p["bias_ih" + s], spec.order, H),
+                                     _blocks(p["bias_hh" + s], spec.order, H)]))
+        if "weight_peephole" + s in p:
+            P.append(p["weight_peephole" + s][list(_PEEPHOLE_ORDER)].reshape(-1))
+    return (np.stack(W), np.stack(R), np.stack(B) if B else None,
+            np.stack(P) if P else None)
+
+
+def _initial_states(g, h0, c0, layer, D):
+    """{"h": name, "c": name} of one layer's slices of the given initial states."""
+    stem, initial = f"l{layer}", {}
+    for name, state in (("h", h0), ("c", c0)):
+        if state is not None:
+            initial[name] = g.node("Slice", [
+                state, g.constant(f"start_{stem}", np.array([layer * D], np.int64)),
+                g.constant(f"end_{stem}", np.array([(layer + 1) * D], np.int64)),
+                g.constant(f"axis_{stem}", np.array([0], np.int64))], f"initial_{name}_{stem}")
+    return initial
+
+
 def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
             opset=DEFAULT_OPSET):
     """An ONNX model (onnx.ModelProto) computing `model` in inference mode; saved to `path`
@@ -216,12 +239,9 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     model's dtype; onnxruntime's CPU operators run float32 only). Dropout is not exported (an
     inference graph). opset: the ONNX opset, >= 14."""
     onnx = _require_onnx()
-    from rnncore.apps.lm import LanguageModel
-    from rnncore.nn.module import float_dtype
-
     lm = isinstance(model, LanguageModel)
     module = model.rnn if lm else model
-    spec = _export_form(module)[0]
+    _export_form(module)  # a ValueError for what ONNX cannot express, before the other checks
     if isinstance(opset, bool) or not isinstance(opset, int) or not (
             MIN_OPSET <= opset <= onnx.defs.onnx_opset_version()):
         raise ValueError(f"opset must be an int in [{MIN_OPSET}, "
@@ -230,15 +250,32 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
         raise ValueError("lengths=True is for recurrent modules; a LanguageModel runs whole "
                          "(T, B) token blocks, got lengths=True")
     dtype = module.dtype if dtype is None else float_dtype(dtype)
-    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-    g = _Graph(onnx, elem, dtype)
+    g = _Graph(onnx, onnx.helper.np_dtype_to_tensor_dtype(dtype), dtype)
     for name in ("x", "tokens", "h0", "c0", "lengths", "y", "logits", "h_n", "c_n"):
         g.name(name)  # the graph's input and output names are never given to inner values
-    H, LD = module.hidden_size, module.num_layers * module.num_directions
-    info = onnx.helper.make_tensor_value_info
-    inputs, outputs = [], []
-    two_states = spec.op == "LSTM"  # h and c (and the input slots initial_c, P)
+    inputs, (x, h0, c0, lens) = _graph_inputs(g, model, module, lm, initial_state, lengths)
+    y, h_n, c_n = _stack(g, module, x, h0, c0, lens)
+    outputs = _graph_outputs(g, model, module, lm, y, h_n, c_n)
+    graph = onnx.helper.make_graph(g.nodes, f"rnncore_{type(model).__name__}", inputs, outputs,
+                                   g.initializers)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    proto = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="rnncore",
+                                   producer_version=__version__,
+                                   doc_string=f"rnncore {model!r}")
+    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        onnx.save_model(proto, os.fspath(path))
+    return proto
 
+
+def _graph_inputs(g, model, module, lm, initial_state, lengths):
+    """The graph's input declarations, and the names (x time-major, h0, c0, lengths) the
+    stack reads (None for those not given)."""
+    onnx, elem = g.onnx, g.elem_type
+    info = onnx.helper.make_tensor_value_info
+    H, LD = module.hidden_size, module.num_layers * module.num_directions
+    inputs = []
     if lm:
         inputs.append(info("tokens", onnx.TensorProto.INT64, ["T", "B"]))
         x = g.node("Gather", [g.weight("embedding", model.embed.params["weight"]), "tokens"],
@@ -248,6 +285,7 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
         inputs.append(info("x", elem, layout + [module.input_size]))
         x = g.node("Transpose", ["x"], "x_time_major", perm=[1, 0, 2]) if module.batch_first \
             else "x"
+    two_states = _export_form(module)[0].op == "LSTM"
     h0 = c0 = None
     if initial_state:
         for name in ("h0", "c0") if two_states else ("h0",):
@@ -257,10 +295,16 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     if lengths:
         lens = "lengths"
         inputs.append(info("lengths", onnx.TensorProto.INT64, ["B"]))
+    return inputs, (x, h0, c0, lens)
 
-    y, h_n, c_n = _stack(g, module, x, h0, c0, lens)
 
-    D = module.num_directions
+def _graph_outputs(g, model, module, lm, y, h_n, c_n):
+    """Adds the output nodes (the language model's head, or y back to batch-first) and returns
+    the graph's output declarations."""
+    onnx, elem = g.onnx, g.elem_type
+    info = onnx.helper.make_tensor_value_info
+    H, LD = module.hidden_size, module.num_layers * module.num_directions
+    outputs = []
     if lm:
         head = model.head
         logits = g.node("MatMul", [y, g.weight("head_weight_t", head.params["weight"].T)],
@@ -271,27 +315,16 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
         g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
         outputs.append(info("logits", elem, ["T", "B", head.out_features]))
     else:
+        layout = ["B", "T"] if module.batch_first else ["T", "B"]
         if module.batch_first:
             y = g.node("Transpose", [y], "y_batch_first", perm=[1, 0, 2])
         g.nodes.append(onnx.helper.make_node("Identity", [y], ["y"], name="y_out"))
-        outputs.append(info("y", elem, layout + [D * H]))
+        outputs.append(info("y", elem, layout + [module.num_directions * H]))
     for name, value in (("h_n", h_n), ("c_n", c_n)):
         if value is not None:
             g.nodes.append(onnx.helper.make_node("Identity", [value], [name], name=name + "_out"))
             outputs.append(info(name, elem, [LD, "B", H]))
-
-    graph = onnx.helper.make_graph(g.nodes, f"rnncore_{type(model).__name__}", inputs, outputs,
-                                   g.initializers)
-    opsets = [onnx.helper.make_opsetid("", opset)]
-    from rnncore import __version__
-    proto = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="rnncore",
-                                   producer_version=__version__,
-                                   doc_string=f"rnncore {model!r}")
-    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)
-    onnx.checker.check_model(proto, full_check=True)
-    if path is not None:
-        onnx.save_model(proto, os.fspath(path))
-    return proto
+    return outputs
 
 
 # ---- import ---------------------------------------------------------------------------------
@@ -361,18 +394,7 @@ def _node_layer(onnx, node, constants):
     direction as dicts of our parameter stems, input size, hidden size, dtype)."""
     what = _describe(node)
     attrs = _attributes(onnx, node)
-    for unsupported in ("activation_alpha", "activation_beta", "clip"):
-        if unsupported in attrs:
-            raise ValueError(f"{what}: attribute {unsupported!r} has no rnncore counterpart "
-                             f"(rnncore's cells use plain activations with no clipping)")
-    if attrs.get("input_forget", 0):
-        raise ValueError(f"{what}: input_forget=1 (coupled input and forget gates) has no rnncore "
-                         "counterpart, expected 0")
-    direction = attrs.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    if direction not in ("forward", "bidirectional"):
-        raise ValueError(f"{what}: direction must be 'forward' or 'bidirectional' (rnncore has no "
-                         f"reverse-only layer), got {direction!r}")
+    direction = _node_direction(what, attrs)
     D = 2 if direction == "bidirectional" else 1
 
     def constant(k, label):
@@ -403,19 +425,40 @@ def _node_layer(onnx, node, constants):
                             ("B", B, (D, 2 * G * H)), ("P", P, (D, 3 * H))):
         if a is not None and a.shape != shape:
             raise ValueError(f"{what}: {label} must have shape {shape}, got {a.shape}")
-    inv = _inverse(spec.order)
-    directions = []
-    for d in range(D):
-        w = {"weight_ih": _blocks(W[d], inv, H), "weight_hh": _blocks(R[d], inv, H)}
-        if B is not None:
-            w["bias_ih"] = _blocks(B[d, :G * H], inv, H)
-            w["bias_hh"] = _blocks(B[d, G * H:], inv, H)
-        if P is not None:
-            w["weight_peephole"] = P[d].reshape(3, H)[list(_inverse(_PEEPHOLE_ORDER))]
-        directions.append(w)
+    directions = [_direction_weights(spec, d, W, R, B, P, H) for d in range(D)]
     layout = attrs.get("layout", 0)
     return dict(cell=cell, D=D, batch_first=bool(layout), weights=directions, input_size=I,
                 hidden_size=H, bias=B is not None, dtype=W.dtype)
+
+
+def _node_direction(what, attrs):
+    """The node's direction ('forward' or 'bidirectional'); ValueError for what rnncore has no
+    counterpart of (activation parameters, clipping, coupled gates, reverse-only layers)."""
+    for unsupported in ("activation_alpha", "activation_beta", "clip"):
+        if unsupported in attrs:
+            raise ValueError(f"{what}: attribute {unsupported!r} has no rnncore counterpart "
+                             f"(rnncore's cells use plain activations with no clipping)")
+    if attrs.get("input_forget", 0):
+        raise ValueError(f"{what}: input_forget=1 (coupled input and forget gates) has no rnncore "
+                         "counterpart, expected 0")
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction not in ("forward", "bidirectional"):
+        raise ValueError(f"{what}: direction must be 'forward' or 'bidirectional' (rnncore has no "
+                         f"reverse-only layer), got {direction!r}")
+    return direction
+
+
+def _direction_weights(spec, d, W, R, B, P, H):
+    """Direction d's weights under rnncore's parameter stems, gates back in rnncore's order."""
+    G, inv = len(spec.order), _inverse(spec.order)
+    w = {"weight_ih": _blocks(W[d], inv, H), "weight_hh": _blocks(R[d], inv, H)}
+    if B is not None:
+        w["bias_ih"] = _blocks(B[d, :G * H], inv, H)
+        w["bias_hh"] = _blocks(B[d, G * H:], inv, H)
+    if P is not None:
+        w["weight_peephole"] = P[d].reshape(3, H)[list(_inverse(_PEEPHOLE_ORDER))]
+    return w
 
 
 def _import_cell(what, op, attrs, D, has_peephole):
@@ -477,8 +520,6 @@ def from_onnx(model, nodes=None, *, batch_first=None, dtype=None):
     nothing about it). dtype: the module's dtype (default: float64 for double weights, float32
     otherwise). ValueError names the node and what does not fit."""
     onnx = _require_onnx()
-    from rnncore.nn.module import float_dtype
-    from rnncore.nn.registry import make_module
 
     proto = _load(onnx, model)
     graph = proto.graph
@@ -503,7 +544,7 @@ def from_onnx(model, nodes=None, *, batch_first=None, dtype=None):
                              "import one node")
     if dtype is None:
         dtype = np.float64 if first["dtype"] == np.float64 else np.float32
-    module = make_module(first["cell"], first["input_size"], first["hidden_size"],
+    module = _registry.make_module(first["cell"], first["input_size"], first["hidden_size"],
                          num_layers=len(layers), bias=first["bias"],
                          batch_first=first["batch_first"] if batch_first is None else batch_first,
                          bidirectional=first["D"] == 2,

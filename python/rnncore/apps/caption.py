@@ -19,11 +19,9 @@ batch at once. Quality: held-out exact match of the whole caption, and word accu
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from rnncore.apps.common import Progress, check_positive, output_folder
+from rnncore.apps import common
 from rnncore.models.captioner import (
     CELL,
     COLOURS,
@@ -36,6 +34,9 @@ from rnncore.models.captioner import (
     VOCABULARY,
     Captioner,
 )
+from rnncore.train import checkpoint
+from rnncore.train.losses import cross_entropy
+from rnncore.train.optim import Adam, CosineWarmup
 
 
 def shape_mask(shape, size, dx, dy):
@@ -105,23 +106,14 @@ def add_arguments(ap):
                     help="training images (default 20000)")
     ap.add_argument("--test-size", type=int, default=1000, help="held-out images (default 1000)")
     ap.add_argument("--features", type=int, default=64, help="region feature size")
-    ap.add_argument("--hidden", type=int, default=128, help="decoder LSTMCell size")
-    ap.add_argument("--embed", type=int, default=32, help="word embedding size")
     ap.add_argument("--attention", type=int, default=64, help="additive attention size")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=2000, help="updates (default 2000)")
-    ap.add_argument("--lr", type=float, default=3e-3,
-                    help="peak learning rate (cosine schedule after 100 warm-up updates)")
-    ap.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--target", type=float, default=0.95,
-                    help="held-out exact match to reach (default 0.95); exit code 1 below it")
+    common.add_common_arguments(
+        ap, dict(embed=32, hidden=128, batch=64, steps=2000, lr=3e-3, clip=1.0, eval_every=250,
+                 seed=0, threads=0, out="rnncore-caption", no_progress=True),
+        helps={"hidden": "decoder LSTMCell size", "embed": "word embedding size",
+               "lr": "peak learning rate (cosine schedule after 100 warm-up updates)"})
+    common.add_target_argument(ap, 0.95, "exact match")
     ap.add_argument("--samples", type=int, default=6, help="held-out captions printed")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", default="rnncore-caption",
-                    help="folder for the checkpoint (default ./rnncore-caption)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def evaluate(model, images, tokens, chunk=500):
@@ -142,19 +134,14 @@ def evaluate(model, images, tokens, chunk=500):
 
 
 def run(args, error):
-    import rnncore
-    from rnncore.train import checkpoint
-    from rnncore.train.losses import cross_entropy
-    from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
-
-    check_positive(args, ("train_size", "test_size", "features", "hidden", "embed", "attention",
-                          "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_positive(args, ("train_size", "test_size", "features", "hidden", "embed",
+                                 "attention", "batch", "steps", "lr", "clip", "eval_every"),
+                          error)
     if args.samples < 0:
         error(f"--samples must be >= 0, got {args.samples}")
-    if not 0 < args.target <= 1:
-        error(f"--target must lie in (0, 1], got {args.target}")
-    out = output_folder(args.out, error)
-    rnncore.set_num_threads(args.threads)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     images, tokens = make_dataset(rng, args.train_size)
@@ -164,56 +151,56 @@ def run(args, error):
     opt = Adam(model, lr=args.lr)
     sched = CosineWarmup(opt, warmup_steps=min(100, args.steps), total_steps=args.steps,
                          min_lr=args.lr / 20)
-    print(f"rnncore {rnncore.__version__} captioning (one to many, Show, Attend and Tell): "
+    print(f"rnncore {version} captioning (one to many, Show, Attend and Tell): "
           f"{args.train_size} training and {args.test_size} held-out images of "
           f"{GRID * CELL}x{GRID * CELL} pixels, {REGIONS} regions, {len(VOCABULARY)} words; "
-          f"{model.num_parameters():,} parameters, {rnncore.get_num_threads()} threads")
+          f"{model.num_parameters():,} parameters, {threads} threads")
 
-    progress = Progress(args.steps, args.no_progress)
-    history, exact, words, reached_at = [], 0.0, 0.0, None
-    t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    def update(step):
         rows = rng.integers(0, args.train_size, size=args.batch)
         target = tokens[:, rows]
         logits = model(images[rows], target)
         loss, dlogits = cross_entropy(logits, target, mask=target != STOI[PAD])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        sched.step()
-        progress.update(f"loss {loss:.4f}")
-        if step % args.eval_every == 0 or step == args.steps:
-            exact, words, _ = evaluate(model, test_images, test_tokens)
-            seconds = time.perf_counter() - t0
-            history.append((step, seconds, exact, words))
-            if reached_at is None and exact >= args.target:
-                reached_at = (step, seconds)
-            progress.write(f"update {step}: held-out exact match {exact:.1%}, word accuracy "
-                           f"{words:.1%}, training loss {loss:.4f} ({seconds:.0f} s)")
-    progress.close()
-    seconds = time.perf_counter() - t0
+        common.backward_and_step(model, opt, dlogits, args.clip, sched)
+        return loss
+
+    history, target = [], common.Target(args.target, ".0%")
+
+    def evaluate_now(step, loss, seconds):
+        exact, words, _ = evaluate(model, test_images, test_tokens)
+        history.append((step, seconds, exact, words))
+        target.check(exact, step, seconds)
+        return (f"update {step}: held-out exact match {exact:.1%}, word accuracy "
+                f"{words:.1%}, training loss {loss:.4f} ({seconds:.0f} s)")
+
+    end = common.train_loop(update, args.steps, evaluate=evaluate_now,
+                            eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress))
+    exact, words = history[-1][2:]  # the loop evaluates after its last update
 
     path = out / "caption.safetensors"
     checkpoint.save(path, model, opt, sched, step=args.steps,
                     config=dict(model.config, vocabulary=list(VOCABULARY)),
                     extra={"exact_match": exact, "word_accuracy": words, "history": history})
+    _print_samples(model, test_images, test_tokens, args.samples)
+    print(f"checkpoint: {path}")
+    print(f"held-out caption exact match: {exact:.1%} (word accuracy {words:.1%}) "
+          f"{target.after(args.steps, end.seconds)}; {target.verdict(exact)}")
+    return target.exit_code(exact)
+
+
+def _print_samples(model, test_images, test_tokens, samples):
+    """`samples` held-out captions beside the true ones, and where the decoder looked while
+    writing the first."""
     _, _, ids = evaluate(model, test_images, test_tokens)
     print("held-out captions (generated | true):")
-    for b in range(min(args.samples, args.test_size)):
+    for b in range(min(samples, test_images.shape[0])):
         mine, truth = decode(ids[:, b]), decode(test_tokens[:, b])
         print(f"  {mine:<45} | {'same' if mine == truth else truth}")
-    if args.samples:
+    if samples:
         ids0, weights0 = model.generate(test_images[:1], max_len=test_tokens.shape[0])
         steps = [(VOCABULARY[int(i)], divmod(int(w.argmax()), GRID), float(w.max()))
                  for i, w in zip(ids0[:, 0], weights0[:, 0])]
         print("where the decoder looked (most attended cell (row, column) and its weight) while "
               "writing the first caption:")
         print("  " + "  ".join(f"{word} {cell} {weight:.2f}" for word, cell, weight in steps))
-    print(f"checkpoint: {path}")
-    when = (f"; {args.target:.0%} first reached at update {reached_at[0]} "
-            f"({reached_at[1]:.1f} s)" if reached_at else "")
-    print(f"held-out caption exact match: {exact:.1%} (word accuracy {words:.1%}) after "
-          f"{args.steps} updates ({seconds:.0f} s){when}; target {args.target:.0%} "
-          f"{'reached' if exact >= args.target else 'NOT reached'}")
-    return 0 if exact >= args.target else 1

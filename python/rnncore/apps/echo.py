@@ -7,9 +7,18 @@ level is ln(vocab); a working LSTM drives the loss towards 0.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from rnncore.apps.common import (
+    add_common_arguments,
+    check_positive,
+    set_threads,
+    train_loop,
+)
+from rnncore.nn.layers import Linear
+from rnncore.nn.registry import make_module
+from rnncore.train.losses import cross_entropy
+from rnncore.train.optim import Adam, clip_grad_norm
 
 
 def make_batch(rng, batch, seq_len, vocab, delay, dtype):
@@ -19,47 +28,32 @@ def make_batch(rng, batch, seq_len, vocab, delay, dtype):
 
 
 def add_arguments(ap):
-    from rnncore.nn import registry as _registry
-    ap.add_argument("--cell", choices=list(_registry.CELLS), default="lstm",
-                    help="a cell of the registry (default: lstm)")
+    add_common_arguments(ap, dict(cell="lstm"))
     ap.add_argument("--seq-len", type=int, default=30)
     ap.add_argument("--delay", type=int, default=5)
     ap.add_argument("--vocab", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    add_common_arguments(ap, dict(hidden=64, batch=32, steps=200, lr=1e-2, clip=1.0, seed=0,
+                                  threads=0), helps={"steps": None})
 
 
 def run(args, error):
     """error(message) reports a bad flag (argparse's parser.error: exit code 2)."""
-    import rnncore
-    from rnncore.nn import registry as _registry
-    from rnncore.nn.layers import Linear
-    from rnncore.train.losses import cross_entropy
-    from rnncore.train.optim import Adam, clip_grad_norm
-
-    for name in ("seq_len", "vocab", "hidden", "batch", "steps", "delay"):
-        if getattr(args, name) <= 0:
-            error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_positive(args, ("seq_len", "vocab", "hidden", "batch", "steps", "delay"), error)
     if args.delay >= args.seq_len:
         error(f"--delay must be smaller than --seq-len ({args.seq_len}), got {args.delay}")
-    rnncore.set_num_threads(args.threads)
+    version, _ = set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     dtype = np.float32
-    net = _registry.make_module(args.cell, args.vocab, args.hidden, seed=args.seed)
+    net = make_module(args.cell, args.vocab, args.hidden, seed=args.seed)
     head = Linear(args.hidden, args.vocab, seed=args.seed)
     opt = Adam([net, head], lr=args.lr)
-    print(f"rnncore {rnncore.__version__}: {net!r} learns to echo each symbol {args.delay} steps "
+    print(f"rnncore {version}: {net!r} learns to echo each symbol {args.delay} steps "
           f"later (chance loss ln({args.vocab}) = {np.log(args.vocab):.3f})")
-    t0 = time.perf_counter()
-    first = last = None
     d = args.delay
-    for step in range(1, args.steps + 1):
+    losses, every = [], max(1, args.steps // 15)
+
+    def update(step):
         x, labels = make_batch(rng, args.batch, args.seq_len, args.vocab, d, dtype)
         y, _ = net(x)
         logits = head(y[d:])
@@ -72,10 +66,12 @@ def run(args, error):
         net.backward(dy)
         norm = clip_grad_norm([net, head], args.clip)
         opt.step()
-        first = loss if first is None else first
-        last = loss
-        if step == 1 or step % max(1, args.steps // 15) == 0 or step == args.steps:
+        losses.append(loss)
+        if step == 1 or step % every == 0 or step == args.steps:
             print(f"step {step:5d}  loss {loss:.4f}  accuracy {acc:5.1%}  grad-norm {norm:7.3f}")
-    dt = time.perf_counter() - t0
-    print(f"loss {first:.4f} -> {last:.4f} in {args.steps} steps, {dt:.2f} s")
+        return loss
+
+    end = train_loop(update, args.steps)
+    first, last = losses[0], losses[-1]
+    print(f"loss {first:.4f} -> {last:.4f} in {args.steps} steps, {end.seconds:.2f} s")
     return 0 if last < first else 1

@@ -16,7 +16,7 @@ if the gradient of the loss survives the trip back through many steps of BPTT:
   of a Linear read-out of every h_t, averaged over all T + 20 steps. Outputting blanks and then
   a uniform guess over the 8 symbols costs 10 ln 8 / (T + 20) nats per step: the baseline.
 
-Model: one recurrent layer (any registry cell, rnncore._registry.make_module) and a Linear
+Model: one recurrent layer (any registry cell, rnncore.nn.registry.make_module) and a Linear
 read-out. Every cell gets the same budget: the same initialisation seed and training batches (one
 seeded generator, restarted for each cell), steps, batch size, hidden size, Adam optimiser,
 learning rate (the IRNN's times IRNN_LR_SCALE, see below) and global-norm gradient clipping.
@@ -42,7 +42,13 @@ from typing import Callable
 
 import numpy as np
 
+from rnncore._ext import __version__, get_num_threads, set_num_threads
 from rnncore._interop import pyplot
+from rnncore.nn import registry as _registry
+from rnncore.nn.layers import Linear
+from rnncore.train import diagnostics
+from rnncore.train.losses import cross_entropy, mse
+from rnncore.train.optim import Adam, clip_grad_norm
 
 # The IRNN's learning rate is this times --lr (flag --irnn-lr-scale). Adam moves every weight by
 # about lr per step whatever the size of its gradient, and a ReLU RNN whose W_hh drifts above the
@@ -130,19 +136,16 @@ class Task:
     quick: dict = field(default_factory=dict)
 
     def loss(self, out, target):
-        from rnncore.train.losses import cross_entropy, mse
         return cross_entropy(out, target) if self.read_every_step else mse(out, target)
 
 
 def cells():
     """Every registry cell, in the registry's order (the default of --cells)."""
-    from rnncore.nn import registry as _registry
     return list(_registry.CELLS)
 
 
 def module_of(cell):
     """How the public API builds `cell`, e.g. "GRU(reset_after=False)" (rnncore._registry)."""
-    from rnncore.nn import registry as _registry
     cls, options = _registry.module_variant(cell)
     return f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
@@ -154,7 +157,6 @@ def legend(names):
 
 def is_irnn(cell):
     """Whether `cell` is the IRNN: the ReLU RNN, whose W_hh starts as the identity (rnncore.RNN)."""
-    from rnncore.nn import registry as _registry
     return _registry.module_variant(cell)[1].get("nonlinearity") == "relu"
 
 
@@ -211,8 +213,6 @@ class Result:
 
 def build(task, cell, hidden, seed):
     """The recurrent layer (registry cell) and its Linear read-out, seeded."""
-    from rnncore.nn import registry as _registry
-    from rnncore.nn.layers import Linear
     net = _registry.make_module(cell, task.input_size, hidden, seed=seed)
     head = Linear(hidden, task.output_size, seed=seed + 1)
     return net, head
@@ -221,8 +221,6 @@ def build(task, cell, hidden, seed):
 def flow_curve(net, probe):
     """||dh_{T-1}/dh_t||_F for t = 0 .. T-1 (rnncore.diagnostics.jacobian_norms) of a float64
     copy of net: at T = 200 a tanh RNN's value at t = 0 is far below float32's smallest number."""
-    from rnncore.nn import registry as _registry
-    from rnncore.train import diagnostics
     exact = _registry.make_module(net.cell, net.input_size, net.hidden_size, dtype=np.float64)
     exact.load_state_dict(net.state_dict())
     return diagnostics.jacobian_norms(exact, probe)[-1]
@@ -256,7 +254,6 @@ def train_cell(task, cell, length, steps, batch, hidden, lr, clip, seed):
     """Trains one cell on one length; returns a Result. Training batches come from a generator
     seeded by `seed` alone, so every cell sees the same data. A non-finite loss or gradient norm
     stops the run before the update (test error nan: diverged)."""
-    from rnncore.train.optim import Adam, clip_grad_norm
 
     x_test, target_test = held_out_set(task, length)
     probe = x_test[:, :PROBE_SEQUENCES]
@@ -423,7 +420,6 @@ def _add_arguments(task):
 
 def _settings(task, args, error):
     """The run's settings: explicit flags, else --quick's, else the defaults; checked."""
-    from rnncore.nn import registry as _registry
     base = task.quick if args.quick else task.defaults
     s = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
     s["cells"] = list(args.cells) if args.cells else cells()
@@ -459,7 +455,6 @@ def _settings(task, args, error):
 def measured_baseline(task, length):
     """The baseline predictor's error on the held-out set (the formula's value up to sampling):
     adding: always 1; copy: blank with certainty, then uniform over the 8 data symbols."""
-    from rnncore.train.losses import cross_entropy, mse
     _, target = held_out_set(task, length)
     if not task.read_every_step:
         return mse(np.ones_like(target), target)[0]
@@ -471,9 +466,8 @@ def measured_baseline(task, length):
 
 
 def _run(task, args, error):
-    import rnncore
     s = _settings(task, args, error)
-    rnncore.set_num_threads(args.threads)
+    set_num_threads(args.threads)
     command = f"rnncore experiment {task.name}" + "".join(
         f" --{k.replace('_', '-')} {_flag_value(v)}" for k, v in s.items()) + f" --seed {args.seed}"
     lrs = ", ".join(f"{c} {cell_lr(c, s['lr'], s['irnn_lr_scale']):g}"
@@ -515,8 +509,7 @@ def _run(task, args, error):
 
 
 def _threads():
-    import rnncore
-    n = rnncore.get_num_threads()
+    n = get_num_threads()
     return f"{n} thread" + ("s" if n != 1 else "")
 
 
@@ -527,14 +520,13 @@ def _json_float(v):
 
 def _write(task, out, s, seed, command, results, text, flow_note, total):
     """DIR/<task>.md (table), DIR/<task>.json (every number), DIR/<task>_gradient_flow.png."""
-    import rnncore
     os.makedirs(out, exist_ok=True)
     path = plot(task, results, os.path.join(out, f"{task.name}_gradient_flow.png"))
     plots = [path] if path is not None else []
     md = os.path.join(out, f"{task.name}.md")
     with open(md, "w") as f:
         f.write(f"# {task.title}\n\n`{command}`\n\n{time.strftime('%Y-%m-%d')}, rnncore "
-                f"{rnncore.__version__}, {_threads()}, {total:.0f} s. "
+                f"{__version__}, {_threads()}, {total:.0f} s. "
                 f"Solved: test error below {SOLVED_FRACTION:.0%} of the baseline. "
                 f"{legend(s['cells'])}.\n\n{text}\n\n"
                 f"{flow_note}.\n")

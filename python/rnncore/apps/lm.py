@@ -13,11 +13,14 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rnncore._ext import __version__
 from rnncore._interop import pyplot
+from rnncore.apps.common import Progress, add_common_arguments, set_threads, train_loop
 from rnncore.models.lm import (
     DEFAULT_CELL,
     LanguageModel,
@@ -28,11 +31,14 @@ from rnncore.models.lm import (
     state_arrays,
     state_from_arrays,
 )
+from rnncore.train import checkpoint
+from rnncore.train.losses import cross_entropy
+from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
+from rnncore.train.tbptt import batchify, evaluate, truncated_bptt
 
 # ---- training -----------------------------------------------------------------------------------
 
 def add_arguments(ap):
-    from rnncore.nn.registry import CELLS
     data = ap.add_argument_group("data")
     data.add_argument("--corpus", help="a UTF-8 text file (default: the standard library's "
                       "own source files, embedded in every Python)")
@@ -45,37 +51,31 @@ def add_arguments(ap):
     data.add_argument("--vocab-size", type=int, default=10000,
                       help="word level: most frequent tokens kept (default 10000)")
     model = ap.add_argument_group("model")
-    model.add_argument("--cell", choices=list(CELLS), default=DEFAULT_CELL)
-    model.add_argument("--embed", type=int, default=64)
-    model.add_argument("--hidden", type=int, default=256)
-    model.add_argument("--layers", type=int, default=2)
+    add_common_arguments(model, dict(cell=DEFAULT_CELL, embed=64, hidden=256, layers=2),
+                         helps={"cell": None})
     model.add_argument("--dropout", type=float, default=0.0)
     train = ap.add_argument_group("training")
-    train.add_argument("--batch", type=int, default=32, help="parallel streams (default 32)")
+    add_common_arguments(
+        train, dict(batch=32, steps=4000, lr=3e-3, clip=1.0, eval_every=500, seed=0, threads=0),
+        helps={"batch": "parallel streams (default 32)",
+               "steps": "updates (default 4000: about 3 minutes on 2 cores)"})
     train.add_argument("--bptt", type=int, default=64, help="k1: steps per update (default 64)")
     train.add_argument("--k2", type=int, help="steps back-propagated (>= --bptt; default = --bptt)")
-    train.add_argument("--steps", type=int, default=4000, help="updates (default 4000: about 3 "
-                       "minutes on 2 cores)")
-    train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--warmup", type=int, default=100, help="warm-up updates of the cosine "
                        "schedule (default 100)")
-    train.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    train.add_argument("--eval-every", type=int, default=500)
     train.add_argument("--eval-chars", type=int, default=65536,
                        help="validation characters (tokens) per evaluation (default 65536)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=0, help="0 = all cores")
     train.add_argument("--resume", help="a checkpoint of an earlier run to continue (with the "
                        "same flags: the schedule and the data follow --steps)")
     train.add_argument("--stop-after", type=int, help="stop (and save) after this many updates "
                        "of the --steps schedule, to --resume later; Ctrl-C also saves")
     out = ap.add_argument_group("output")
-    out.add_argument("--out", default="rnncore-lm", help="folder for the checkpoint, the "
-                     "loss plot and the samples (default ./rnncore-lm)")
+    add_common_arguments(out, dict(out="rnncore-lm", no_progress=True),
+                         helps={"out": "folder for the checkpoint, the loss plot and the "
+                                       "samples (default ./rnncore-lm)"})
     out.add_argument("--sample-length", type=int, default=300)
     out.add_argument("--temperature", type=float, default=0.7)
     out.add_argument("--top-k", type=int, default=None)
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _check_args(args, error):
@@ -128,57 +128,20 @@ def _plot(history, path):
     return path
 
 
-def _train_loop(args, model, opt, sched, streams, validate, history, progress, run, stop, k2,
-                level, t0):
-    """Updates until step `stop`, keeping `run` (step, position, kept window states, tokens
-    seen) current after every update, so that an interrupt can save exactly where it was."""
-    from rnncore.train.losses import cross_entropy
-    from rnncore.train.optim import clip_grad_norm
-    from rnncore.train.tbptt import truncated_bptt
-    name = _metric(1.0, level)[0]
-    inputs, targets = streams[:-1], streams[1:]
-    while run["step"] < stop:
-        updates = truncated_bptt(model, cross_entropy, inputs, targets, args.bptt, k2,
-                                 start=run["position"], kept=run["kept"])
-        for update in updates:
-            clip_grad_norm(model, args.clip)
-            opt.step()
-            sched.step()
-            step = run["step"] = run["step"] + 1
-            run["tokens"] += update.steps * args.batch
-            run["position"], run["kept"] = update.stop, update.kept
-            history["train"].append((step, update.loss))
-            if progress is not None:
-                rate = run["tokens"] / (time.perf_counter() - t0)
-                progress.set_postfix_str(f"loss {update.loss:.3f}  {rate:,.0f} tokens/s",
-                                         refresh=False)
-                progress.update(1)
-            if step % args.eval_every == 0 or step == stop:
-                vloss = validate()
-                history["val"].append((step, vloss))
-                msg = (f"update {step}: validation {name} {_metric(vloss, level)[1]:.3f}, "
-                       f"training loss {update.loss:.3f}")
-                (progress.write if progress is not None else print)(msg)
-            if step >= stop:
-                break
-        else:  # the streams ran out: a new epoch from the start, state reset
-            run["position"], run["kept"] = 0, None
+@dataclass
+class _Run:
+    """Where training stands after the last whole update: what a checkpoint saves to resume."""
+    step: int = 0
+    position: int = 0         # the streams' position of the next update
+    kept: list = None         # (position, state) of the windows TBPTT keeps (k2 > k1)
+    tokens: int = 0           # tokens trained on in this process
+    history: dict = field(default_factory=lambda: {"train": [], "val": []})
 
 
 def run(args, error):
     _check_args(args, error)
-    import rnncore
-    from rnncore.train import checkpoint
-    from rnncore.train.losses import cross_entropy
-    from rnncore.train.optim import Adam, CosineWarmup
-    from rnncore.train.tbptt import batchify, evaluate
-
-    rnncore.set_num_threads(args.threads)
-    if args.corpus:
-        text = Path(args.corpus).read_text(encoding="utf-8", errors="replace")[:args.max_chars]
-        source = f"{args.corpus} ({len(text):,} characters)"
-    else:
-        text, source = default_corpus(args.max_chars)
+    _, threads = set_threads(args)
+    text, source = _read_text(args)
     split = int(len(text) * (1 - args.val_fraction))
     train_text, val_text = text[:split], text[split:]
     resumed = checkpoint.load(args.resume) if args.resume else None
@@ -191,8 +154,41 @@ def run(args, error):
     streams = batchify(train_ids, args.batch)
     val = batchify(val_ids, args.batch)[:args.eval_chars // args.batch + 1]
     k2 = args.k2 or args.bptt
+    model, opt, sched, state = _build(args, vocab, resumed)
+    config = dict(model.config, vocab=vocab.itos, level=vocab.level, bptt=args.bptt, k2=k2,
+                  batch=args.batch, source=source)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _print_setup(args, vocab, source, len(train_ids), len(val_ids), model, k2, threads)
 
-    if resumed is not None:  # the checkpoint's model, whatever the flags say
+    def validate():
+        loss, _ = evaluate(model, cross_entropy, val[:-1], val[1:], chunk=256)
+        return loss
+
+    if state.step == 0:
+        loss0 = validate()
+        state.history["val"].append((0, loss0))
+        name, value = _metric(loss0, vocab.level)
+        print(f"  before training: validation {name} {value:.3f}")
+    end = _train(args, model, opt, sched, streams, validate, state, k2, vocab.level)
+    if end.interrupted:
+        print(f"\ninterrupted after {state.step} updates: saving a checkpoint to resume from")
+    ckpt_path = _save(out / "lm.safetensors", model, opt, sched, state, config)
+    return _report(args, model, vocab, out, state, end.seconds, ckpt_path)
+
+
+def _read_text(args):
+    """(the corpus text, a line saying where it came from)."""
+    if args.corpus:
+        text = Path(args.corpus).read_text(encoding="utf-8", errors="replace")[:args.max_chars]
+        return text, f"{args.corpus} ({len(text):,} characters)"
+    return default_corpus(args.max_chars)
+
+
+def _build(args, vocab, resumed):
+    """The model, optimiser, schedule and training state: new, or --resume's checkpoint (whose
+    model sizes win over the flags)."""
+    if resumed is not None:
         c = resumed.config
         args.embed, args.hidden, args.layers, args.cell, args.dropout = (
             c["embed"], c["hidden"], c["layers"], c["cell"], c["dropout"])
@@ -201,67 +197,88 @@ def run(args, error):
     opt = Adam(model, lr=args.lr)
     sched = CosineWarmup(opt, warmup_steps=min(args.warmup, args.steps), total_steps=args.steps,
                          min_lr=args.lr / 20)
-    config = dict(model.config, vocab=vocab.itos, level=vocab.level, bptt=args.bptt, k2=k2,
-                  batch=args.batch, source=source)
-    step, position, kept, history = 0, 0, None, {"train": [], "val": []}
+    state = _Run()
     if resumed is not None:
         ck = checkpoint.restore(args.resume, model, opt, sched)
-        step = ck.step
-        position = ck.extra["position"]
-        history = ck.extra["history"]
-        kept = [(p, state_from_arrays(ck.arrays, f"kept{i}.")) for i, p in
-                enumerate(ck.extra["kept_positions"])]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "lm.safetensors"
-    name, _ = _metric(1.0, vocab.level)
-    print(f"rnncore {rnncore.__version__} language model, {vocab.level} level")
+        state.step, state.position, state.history = (ck.step, ck.extra["position"],
+                                                      ck.extra["history"])
+        state.kept = [(p, state_from_arrays(ck.arrays, f"kept{i}.")) for i, p in
+                      enumerate(ck.extra["kept_positions"])]
+    return model, opt, sched, state
+
+
+def _print_setup(args, vocab, source, n_train, n_val, model, k2, threads):
+    print(f"rnncore {__version__} language model, {vocab.level} level")
     print(f"  text: {source}")
-    print(f"  {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary "
+    print(f"  {n_train:,} training and {n_val:,} validation tokens, vocabulary "
           f"{len(vocab):,}; model: {model.num_parameters():,} parameters "
           f"({args.cell}, {args.layers} x {args.hidden}, embedding {args.embed})")
     print(f"  {args.steps} updates of {args.batch} streams x {args.bptt} steps "
           f"(TBPTT k1={args.bptt}, k2={k2}), Adam lr {args.lr} (cosine, warm-up {args.warmup}), "
-          f"clip {args.clip}, {rnncore.get_num_threads()} threads")
+          f"clip {args.clip}, {threads} threads")
 
-    def validate():
-        loss, _ = evaluate(model, cross_entropy, val[:-1], val[1:], chunk=256)
-        return loss
 
-    if step == 0:
-        loss0 = validate()
-        history["val"].append((0, loss0))
-        print(f"  before training: validation {name} {_metric(loss0, vocab.level)[1]:.3f}")
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=args.steps, initial=step, unit="update", mininterval=0.5,
-                        dynamic_ncols=True, file=sys.stdout)
+def _tbptt_updates(model, streams, args, k2, state):
+    """Truncated-BPTT updates without end: at the end of the streams a new epoch starts from
+    their beginning, state reset. Each generator starts where `state` stands."""
+    inputs, targets = streams[:-1], streams[1:]
+    while True:
+        yield from truncated_bptt(model, cross_entropy, inputs, targets, args.bptt, k2,
+                                  start=state.position, kept=state.kept)
+        state.position, state.kept = 0, None
+
+
+def _train(args, model, opt, sched, streams, validate, state, k2, level):
+    """Updates until --stop-after (or --steps), keeping `state` current after every update, so
+    that Ctrl-C can save exactly where it was."""
+    updates = _tbptt_updates(model, streams, args, k2, state)
+    history = state.history
+
+    def update(step):
+        u = next(updates)
+        clip_grad_norm(model, args.clip)
+        opt.step()
+        sched.step()
+        state.step = step
+        state.tokens += u.steps * args.batch
+        state.position, state.kept = u.stop, u.kept
+        history["train"].append((step, u.loss))
+        return u.loss
+
+    def postfix(step, loss):
+        rate = state.tokens / (time.perf_counter() - t0)
+        return f"loss {loss:.3f}  {rate:,.0f} tokens/s"
+
+    def report(step, loss, seconds):
+        vloss = validate()
+        history["val"].append((step, vloss))
+        name, value = _metric(vloss, level)
+        return f"update {step}: validation {name} {value:.3f}, training loss {loss:.3f}"
+
     t0 = time.perf_counter()
     stop = min(args.steps, args.stop_after or args.steps)
-    run_state = {"step": step, "position": position, "kept": kept, "tokens": 0}
-    interrupted = False
-    try:
-        _train_loop(args, model, opt, sched, streams, validate, history, progress, run_state,
-                    stop, k2, vocab.level, t0)
-    except KeyboardInterrupt:
-        interrupted = True
-    if progress is not None:
-        progress.close()
-    seconds = time.perf_counter() - t0
-    step, position, kept, tokens_seen = (run_state[k] for k in ("step", "position", "kept",
-                                                                 "tokens"))
-    if interrupted:
-        print(f"\ninterrupted after {step} updates: saving a checkpoint to resume from")
-    final = history["val"][-1][1]
-    first = history["val"][0][1]
-    kept = kept or []
+    return train_loop(update, stop, start=state.step, evaluate=report,
+                      eval_every=args.eval_every, postfix=postfix, interruptible=True,
+                      progress=Progress(args.steps, args.no_progress, initial=state.step))
+
+
+def _save(path, model, opt, sched, state, config):
+    """The checkpoint: model, optimiser, schedule, and where the streams and kept windows
+    stand, so that --resume continues bitwise as if never stopped."""
+    kept = state.kept or []
     arrays = {}
     for i, (_, s) in enumerate(kept):
         arrays.update({f"kept{i}.{k}": v for k, v in state_arrays(s).items()})
-    checkpoint.save(ckpt_path, model, opt, sched, step=step, config=config, arrays=arrays,
-                    extra={"position": position, "kept_positions": [p for p, _ in kept],
-                           "history": history})
+    checkpoint.save(path, model, opt, sched, step=state.step, config=config, arrays=arrays,
+                    extra={"position": state.position, "kept_positions": [p for p, _ in kept],
+                           "history": state.history})
+    return path
+
+
+def _report(args, model, vocab, out, state, seconds, ckpt_path):
+    """Samples, the loss plot and the closing lines; the exit code: 0 when validation improved."""
+    history = state.history
+    final, first = history["val"][-1][1], history["val"][0][1]
     rng = np.random.default_rng(args.seed)
     samples = []
     for temperature in sorted({args.temperature, 1.0}):
@@ -269,9 +286,10 @@ def run(args, error):
         samples.append(f"--- temperature {temperature}, prompt 'def ' ---\ndef {text}")
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
     plot = _plot(history, out / "loss.png")
+    name = _metric(1.0, vocab.level)[0]
     print(f"\nvalidation {name}: {_metric(first, vocab.level)[1]:.3f} before training -> "
-          f"{_metric(final, vocab.level)[1]:.3f} after {step} updates "
-          f"({seconds:.0f} s here, {tokens_seen / max(seconds, 1e-9):,.0f} tokens/s)")
+          f"{_metric(final, vocab.level)[1]:.3f} after {state.step} updates "
+          f"({seconds:.0f} s here, {state.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     print("\n" + samples[0] + "\n")
     print(f"checkpoint: {ckpt_path}   (rnncore sample {ckpt_path} --prompt 'import ')")
     print(f"samples:    {out / 'samples.txt'}")

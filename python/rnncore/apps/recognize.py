@@ -12,13 +12,22 @@ character error rate (edit distance / characters) of greedy decoding on held-out
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rnncore.apps.common import (
+    Progress,
+    add_common_arguments,
+    backward_and_step,
+    set_threads,
+    train_loop,
+)
 from rnncore.models.recognizer import ALPHABET, HEIGHT, Recognizer
+from rnncore.train import checkpoint
+from rnncore.train.ctc import ctc_loss, log_softmax
+from rnncore.train.optim import Adam, CosineWarmup
 
 # 5x7 glyphs, rows top to bottom, '#' = ink. Columns without ink are trimmed when rendering.
 FONT = {
@@ -122,20 +131,13 @@ def add_arguments(ap):
     ap.add_argument("--min-chars", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=10)
     ap.add_argument("--noise", type=float, default=0.2, help="pixel noise standard deviation")
-    ap.add_argument("--hidden", type=int, default=96)
-    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--pyramid", action="store_true", help="pyramid encoder: the layers above "
                     "the first read pairs of frames (half the steps per layer)")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--clip", type=float, default=5.0, help="max global gradient norm")
+    add_common_arguments(ap, dict(hidden=96, layers=2, batch=32, steps=3000, lr=5e-3, clip=5.0,
+                                  seed=0, threads=0, out="rnncore-recognize", no_progress=True),
+                         helps={"steps": None, "out": "folder for the checkpoint"})
     ap.add_argument("--eval-size", type=int, default=1000, help="held-out strings")
     ap.add_argument("--beam", type=int, default=8, help="beam width of the decoded samples")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", default="rnncore-recognize", help="folder for the checkpoint")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _check_args(args, error):
@@ -154,12 +156,7 @@ def _check_args(args, error):
 
 def run(args, error):
     _check_args(args, error)
-    import rnncore
-    from rnncore.train import checkpoint
-    from rnncore.train.ctc import ctc_loss, log_softmax
-    from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
-
-    rnncore.set_num_threads(args.threads)
+    version, threads = set_threads(args)
     rng = np.random.default_rng(args.seed)
     held_rng = np.random.default_rng([args.seed, 1])  # disjoint stream: held-out strings
     held_out = [make_batch(held_rng, min(100, args.eval_size - i), args.alphabet,
@@ -171,40 +168,35 @@ def run(args, error):
                          min_lr=args.lr / 20)
     kind = (f"pyramid encoder ({args.layers} layers, steps / {2 ** (args.layers - 1)})"
             if args.pyramid else f"bidirectional LSTM ({args.layers} layers)")
-    print(f"rnncore {rnncore.__version__}: text-line recognition with CTC, {kind}, hidden "
-          f"{args.hidden}, {model.num_parameters():,} parameters, {rnncore.get_num_threads()} "
+    print(f"rnncore {version}: text-line recognition with CTC, {kind}, hidden "
+          f"{args.hidden}, {model.num_parameters():,} parameters, {threads} "
           f"threads")
     print(f"  strings of {args.min_chars}-{args.max_chars} characters of {args.alphabet!r}, "
           f"{HEIGHT}-pixel columns, noise {args.noise}; {args.steps} updates of {args.batch}")
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=args.steps, unit="update", mininterval=0.5, dynamic_ncols=True,
-                        file=sys.stdout)
-    t0 = time.perf_counter()
-    train_time, losses = 0.0, []
-    for step in range(1, args.steps + 1):
+    train_time, losses = [0.0], []
+
+    def update(step):
         x, widths, labels, _ = make_batch(rng, args.batch, args.alphabet, args.min_chars,
                                           args.max_chars, args.noise)
         t = time.perf_counter()
         logits, lengths = model(x, widths)
         loss, dlogits = ctc_loss(log_softmax(logits), labels, lengths, zero_infinity=True)
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        sched.step()
-        train_time += time.perf_counter() - t
+        backward_and_step(model, opt, dlogits, args.clip, sched)
+        train_time[0] += time.perf_counter() - t
         losses.append(loss)
-        if progress is not None:
-            progress.update(1)
-            if step % 20 == 0:
-                progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        elif step % max(1, args.steps // 10) == 0 or step == args.steps:
-            print(f"step {step:5d}  ctc loss {np.mean(losses[-20:]):.4f}")
-    if progress is not None:
-        progress.close()
-    seconds = time.perf_counter() - t0
+        return loss
+
+    # the bar shows the mean loss of the last 20 updates; without it, a line per tenth of the run
+    def postfix(step, loss):
+        return f"loss={np.mean(losses[-20:]):.3f}" if step % 20 == 0 else None
+
+    def report(step, loss, seconds):
+        return f"step {step:5d}  ctc loss {np.mean(losses[-20:]):.4f}"
+
+    progress = Progress(args.steps, args.no_progress)
+    lines = not progress.shown
+    end = train_loop(update, args.steps, progress=progress, postfix=postfix, evaluate=report,
+                     eval_every=max(1, args.steps // 10) if lines else 0, eval_last=lines)
     cer, decoded = evaluate(model, held_out)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +204,17 @@ def run(args, error):
                            config=dict(model.config, min_chars=args.min_chars,
                                        max_chars=args.max_chars, noise=args.noise,
                                        held_out_cer=cer))
-    x, widths, _, texts = held_out[0]
+    _print_samples(model, held_out[0], decoded, args)
+    print(f"checkpoint: {path}")
+    print(f"held-out character error rate {cer:.2%} (greedy, {args.eval_size} "
+          f"strings) after {args.steps} updates, {end.seconds:.0f} s ({train_time[0]:.0f} s in "
+          f"training steps)")
+    return 0
+
+
+def _print_samples(model, batch, decoded, args):
+    """The first 8 held-out strings: the truth, greedy decoding and beam search."""
+    x, widths, _, texts = batch
     model.eval()
     beam = model.decode(x[:, :8], widths[:8], args.beam)
     print("\nheld-out samples (truth -> greedy | beam):")
@@ -220,8 +222,3 @@ def run(args, error):
         greedy = "".join(args.alphabet[i - 1] for i in decoded[b])
         beamed = "".join(args.alphabet[i - 1] for i in beam[b])
         print(f"  {texts[b]:>{args.max_chars}} -> {greedy:<{args.max_chars}} | {beamed}")
-    print(f"checkpoint: {path}")
-    print(f"held-out character error rate {cer:.2%} (greedy, {args.eval_size} "
-          f"strings) after {args.steps} updates, {seconds:.0f} s ({train_time:.0f} s in "
-          f"training steps)")
-    return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnncore.apps.common import Progress, check_positive, output_folder, pad_batch
+from rnncore.apps import common
 from rnncore.models.sentiment import (
     DEFAULT_CELL,
     INTENSIFIERS,
@@ -37,6 +37,9 @@ from rnncore.models.sentiment import (
     SentimentClassifier,
 )
 from rnncore.nn.layers import Linear
+from rnncore.train import checkpoint
+from rnncore.train.losses import bce_with_logits, cross_entropy
+from rnncore.train.optim import Adam
 
 TEMPLATES = ("not-at-all", "not-it-was", "but", "although-first", "although-last", "expected",
              "not-true")
@@ -124,8 +127,8 @@ def make_dataset(rng, n, exclude=frozenset()):
 
 def encode(reviews):
     """reviews -> (tokens (T, B) int64 padded with PAD, lengths (B,), labels (B,))."""
-    tokens, lengths = pad_batch([np.array([STOI[w] for w in r.words]) for r in reviews],
-                                STOI[PAD])
+    tokens, lengths = common.pad_batch([np.array([STOI[w] for w in r.words])
+                                        for r in reviews], STOI[PAD])
     return tokens, lengths, np.array([r.label for r in reviews], dtype=np.int64)
 
 
@@ -145,8 +148,6 @@ def train_bag_of_words(counts, labels, steps=200, lr=0.05):
     full-batch with Adam on the sigmoid cross-entropy. Returns predict(counts) -> labels (0/1).
     (rnncore's Linear runs its GEMMs on rnncore's threads, not numpy's BLAS threads, which
     would fight them for the cores.)"""
-    from rnncore.train.losses import bce_with_logits
-    from rnncore.train.optim import Adam
     mean, std = counts.mean(axis=0), counts.std(axis=0) + 1e-9
     linear = Linear(counts.shape[1], 1, dtype=np.float64, seed=0)
     opt = Adam(linear, lr=lr)
@@ -160,48 +161,26 @@ def train_bag_of_words(counts, labels, steps=200, lr=0.05):
     return lambda c: (linear((c - mean) / std)[:, 0] > 0).astype(np.int64)
 
 
-# ---- the recurrent classifier -----------------------------------------------------------------
-
-
 # ---- the command ------------------------------------------------------------------------------
 
 def add_arguments(ap):
-    from rnncore.nn.registry import CELLS
     ap.add_argument("--train-size", type=int, default=10000,
                     help="training sentences (default 10000)")
     ap.add_argument("--test-size", type=int, default=2000,
                     help="held-out sentences, none of them in the training set (default 2000)")
-    ap.add_argument("--cell", choices=list(CELLS), default=DEFAULT_CELL,
-                    help=f"a cell of the registry (default: {DEFAULT_CELL})")
-    ap.add_argument("--embed", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1000, help="updates (default 1000)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--target", type=float, default=0.98,
-                    help="held-out accuracy to reach (default 0.98); exit code 1 below it")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", default="rnncore-sentiment",
-                    help="folder for the checkpoint (default ./rnncore-sentiment)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_common_arguments(
+        ap, dict(cell=DEFAULT_CELL, embed=32, hidden=64, layers=1, batch=64, steps=1000, lr=3e-3,
+                 clip=1.0, eval_every=100, seed=0, threads=0, out="rnncore-sentiment",
+                 no_progress=True))
+    common.add_target_argument(ap, 0.98, "accuracy")
 
 
 def run(args, error):
-    import rnncore
-    from rnncore.train import checkpoint
-    from rnncore.train.losses import cross_entropy
-    from rnncore.train.optim import Adam, clip_grad_norm
-
-    check_positive(args, ("train_size", "test_size", "embed", "hidden", "layers", "batch",
-                          "steps", "lr", "clip", "eval_every"), error)
-    if not 0 < args.target <= 1:
-        error(f"--target must lie in (0, 1], got {args.target}")
-    out = output_folder(args.out, error)
-    rnncore.set_num_threads(args.threads)
+    common.check_positive(args, ("train_size", "test_size", "embed", "hidden", "layers",
+                                 "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     train = make_dataset(rng, args.train_size)
@@ -209,63 +188,68 @@ def run(args, error):
                         exclude={r.words for r in train})
     tokens, lengths, labels = encode(train)
     test_tokens, test_lengths, test_labels = encode(test)
-
-    t0 = time.perf_counter()
-    bag = train_bag_of_words(word_counts(train), labels)
-    bag_train = float((bag(word_counts(train)) == labels).mean())
-    bag_test = float((bag(word_counts(test)) == test_labels).mean())
-    bag_seconds = time.perf_counter() - t0
+    bag_test, bag_line = _baseline(train, labels, test, test_labels)
 
     model = SentimentClassifier(args.cell, args.embed, args.hidden, args.layers, seed=args.seed)
     opt = Adam(model, lr=args.lr)
-    print(f"rnncore {rnncore.__version__} sentiment (many to one): {len(train)} training and "
+    print(f"rnncore {version} sentiment (many to one): {len(train)} training and "
           f"{len(test)} held-out sentences, {len(VOCABULARY)} words, lengths "
           f"{lengths.min()}-{lengths.max()}; {args.cell} {args.layers} x {args.hidden}, "
-          f"{model.num_parameters():,} parameters, {rnncore.get_num_threads()} threads")
+          f"{model.num_parameters():,} parameters, {threads} threads")
     for r in train[:3]:
         print(f"  {LABELS[r.label]:>8}: {r.text}")
-    print(f"bag-of-words baseline (logistic regression on counts): training accuracy "
-          f"{bag_train:.1%}, held-out {bag_test:.1%} ({bag_seconds:.1f} s)")
+    print(bag_line)
 
-    progress = Progress(args.steps, args.no_progress)
-    history, accuracy, reached_at = [], 0.0, None
-    t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    def update(step):
         rows = rng.integers(0, len(train), size=args.batch)
         L = lengths[rows]
         logits = model(tokens[:int(L.max()), rows], L)
         loss, dlogits = cross_entropy(logits, labels[rows])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        progress.update(f"loss {loss:.3f}")
-        if step % args.eval_every == 0 or step == args.steps:
-            accuracy = float((model.predict(test_tokens, test_lengths) == test_labels).mean())
-            seconds = time.perf_counter() - t0
-            history.append((step, seconds, accuracy))
-            if reached_at is None and accuracy >= args.target:
-                reached_at = (step, seconds)
-            progress.write(f"update {step}: held-out accuracy {accuracy:.1%}, training loss "
-                           f"{loss:.3f} ({seconds:.0f} s)")
-    progress.close()
-    seconds = time.perf_counter() - t0
+        common.backward_and_step(model, opt, dlogits, args.clip)
+        return loss
+
+    history, target = [], common.Target(args.target, ".0%")
+
+    def evaluate(step, loss, seconds):
+        accuracy = float((model.predict(test_tokens, test_lengths) == test_labels).mean())
+        history.append((step, seconds, accuracy))
+        target.check(accuracy, step, seconds)
+        return (f"update {step}: held-out accuracy {accuracy:.1%}, training loss {loss:.3f} "
+                f"({seconds:.0f} s)")
+
+    end = common.train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress),
+                            postfix=lambda step, loss: f"loss {loss:.3f}")
+    accuracy = history[-1][2]  # the loop evaluates after its last update
 
     path = out / "sentiment.safetensors"
     checkpoint.save(path, model, opt, step=args.steps, config=dict(model.config,
                     vocabulary=list(VOCABULARY)),
                     extra={"accuracy": accuracy, "bag_of_words_accuracy": bag_test,
                            "history": history})
+    _print_samples(model, test, test_tokens, test_lengths, test_labels)
+    print(f"checkpoint: {path}")
+    print(f"held-out accuracy: {args.cell} {accuracy:.1%} {target.after(args.steps, end.seconds)}"
+          f"; bag of words {bag_test:.1%} (chance 50%); {target.verdict(accuracy)}")
+    return target.exit_code(accuracy)
+
+
+def _baseline(train, labels, test, test_labels):
+    """(held-out accuracy of the bag-of-words baseline, the line that reports it)."""
+    t0 = time.perf_counter()
+    bag = train_bag_of_words(word_counts(train), labels)
+    bag_train = float((bag(word_counts(train)) == labels).mean())
+    bag_test = float((bag(word_counts(test)) == test_labels).mean())
+    seconds = time.perf_counter() - t0
+    return bag_test, (f"bag-of-words baseline (logistic regression on counts): training "
+                      f"accuracy {bag_train:.1%}, held-out {bag_test:.1%} ({seconds:.1f} s)")
+
+
+def _print_samples(model, test, test_tokens, test_lengths, test_labels):
+    """Four held-out sentences and the first two the model gets wrong, with its predictions."""
     wrong = np.flatnonzero(model.predict(test_tokens, test_lengths) != test_labels)
     print("held-out samples (prediction: sentence):")
     for n in list(range(4)) + list(wrong[:2]):
         pred = int(model.predict(test_tokens[:, n:n + 1], test_lengths[n:n + 1])[0])
         mark = "" if pred == test[n].label else "   <- wrong"
         print(f"  {LABELS[pred]:>8}: {test[n].text}{mark}")
-    print(f"checkpoint: {path}")
-    when = (f"; {args.target:.0%} first reached at update {reached_at[0]} "
-            f"({reached_at[1]:.1f} s)" if reached_at else "")
-    print(f"held-out accuracy: {args.cell} {accuracy:.1%} after {args.steps} updates "
-          f"({seconds:.0f} s){when}; bag of words {bag_test:.1%} (chance 50%); target "
-          f"{args.target:.0%} {'reached' if accuracy >= args.target else 'NOT reached'}")
-    return 0 if accuracy >= args.target else 1

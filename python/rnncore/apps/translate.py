@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import datetime
 import string
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from rnncore._interop import pyplot
+from rnncore.apps.common import (
+    Progress,
+    add_common_arguments,
+    check_positive,
+    set_threads,
+    train_loop,
+)
+from rnncore.models.seq2seq import Seq2Seq, default_cell
+from rnncore.train import checkpoint
+from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]
@@ -136,17 +147,19 @@ def exact_match(model, pairs, beam=1, batch=500):
     return right / max(len(pairs), 1)
 
 
-def train(model, steps, batch, lr, clip, rng, warmup=100, progress=None, log=print,
-          eval_pairs=None, eval_every=0):
-    """Teacher-forced training with Adam (cosine schedule) and gradient clipping; returns the
-    per-update losses."""
-    from rnncore.train.optim import Adam, CosineWarmup, clip_grad_norm
+def train(model, steps, batch, lr, clip, rng, warmup=100, progress=None, eval_pairs=None,
+          eval_every=0):
+    """Teacher-forced training with Adam (cosine schedule) and gradient clipping, every
+    `eval_every` updates but the last the held-out exact match on eval_pairs written above
+    `progress` (a Progress, closed at the end, or None); returns (the per-update losses, the
+    optimiser, the schedule)."""
     opt = Adam(model, lr=lr)
     sched = CosineWarmup(opt, warmup_steps=min(warmup, steps), total_steps=steps,
                          min_lr=lr / 20)
     losses = []
     model.train()
-    for step in range(1, steps + 1):
+
+    def update(step):
         src, src_len, tgt_in, tgt_out, tgt_len = batch_arrays(make_pairs(rng, batch))
         model.zero_grad()
         loss, _ = model.loss(src, tgt_in, tgt_out, src_len, tgt_len)
@@ -154,42 +167,33 @@ def train(model, steps, batch, lr, clip, rng, warmup=100, progress=None, log=pri
         opt.step()
         sched.step()
         losses.append(loss)
-        if progress is not None:
-            progress.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-            progress.update(1)
-        if eval_pairs is not None and eval_every and step % eval_every == 0 and step < steps:
-            model.eval()
-            acc = exact_match(model, eval_pairs)
-            model.train()
-            log(f"update {step}: training loss {loss:.4f}, held-out exact match {acc:.2%}")
+        return loss
+
+    def evaluate(step, loss, seconds):
+        model.eval()
+        acc = exact_match(model, eval_pairs)
+        model.train()
+        return f"update {step}: training loss {loss:.4f}, held-out exact match {acc:.2%}"
+
+    train_loop(update, steps, progress=progress, eval_every=eval_every, eval_last=False,
+               evaluate=evaluate if eval_pairs is not None else None)
     return losses, opt, sched
 
 
 def add_arguments(ap):
-    ap.add_argument("--steps", type=int, default=2500, help="updates (default 2500)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--embed", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=128)
-    from rnncore.models.seq2seq import default_cell
-    from rnncore.nn.registry import CELLS
-    ap.add_argument("--cell", choices=list(CELLS), default=default_cell(),
-                    help=f"a cell of the registry (default: {default_cell()})")
+    add_common_arguments(
+        ap, dict(steps=2500, batch=64, embed=32, hidden=128, cell=default_cell(), lr=3e-3,
+                 clip=1.0, eval_every=500, seed=0, threads=0, out="rnncore-translate",
+                 no_progress=True),
+        helps={"out": "folder for the checkpoint and the attention heatmap (default "
+                      "./rnncore-translate)"})
     ap.add_argument("--score", choices=["general", "additive"], default="general",
                     help="attention score (default general)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
     ap.add_argument("--eval-size", type=int, default=2000, help="held-out pairs (default 2000)")
-    ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--beam", type=int, default=4, help="beam width for the beam-search score")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", default="rnncore-translate", help="folder for the checkpoint and "
-                    "the attention heatmap (default ./rnncore-translate)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _heatmap(model, text, path):
-    from rnncore._interop import pyplot
     plt = pyplot(path, "attention heatmap")
     if plt is None:
         return None
@@ -210,40 +214,26 @@ def _heatmap(model, text, path):
 
 
 def run(args, error):
-    for name in ("steps", "batch", "embed", "hidden", "eval_size", "beam"):
-        if getattr(args, name) <= 0:
-            error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_positive(args, ("steps", "batch", "embed", "hidden", "eval_size", "beam"), error)
     if args.eval_every < 0:
         error(f"--eval-every must be >= 0, got {args.eval_every}")
     if not args.lr > 0 or not args.clip > 0:
         error(f"--lr and --clip must be positive, got {args.lr} and {args.clip}")
-    import rnncore
-    from rnncore.models.seq2seq import Seq2Seq
-    from rnncore.train import checkpoint
-
-    rnncore.set_num_threads(args.threads)
+    version, threads = set_threads(args)
     rng = np.random.default_rng(args.seed)
     held_out = make_pairs(np.random.default_rng(args.seed + 10_000), args.eval_size,
                           held_out=True)
     model = Seq2Seq(len(SRC), len(TGT), args.embed, args.hidden, args.cell, args.score,
                     bos=BOS, eos=EOS, seed=args.seed)
-    print(f"rnncore {rnncore.__version__} date translation: {len(FORMATS)} formats -> ISO, "
+    print(f"rnncore {version} date translation: {len(FORMATS)} formats -> ISO, "
           f"{model.num_parameters():,} parameters ({args.cell}, hidden {args.hidden}, "
           f"{args.score} attention), {args.steps} updates of {args.batch}, "
-          f"{rnncore.get_num_threads()} threads")
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=args.steps, unit="update", mininterval=0.5, dynamic_ncols=True,
-                        file=sys.stdout)
-    log = progress.write if progress is not None else print
+          f"{threads} threads")
     t0 = time.perf_counter()
     losses, opt, sched = train(model, args.steps, args.batch, args.lr, args.clip, rng,
-                               progress=progress, log=log, eval_pairs=held_out,
-                               eval_every=args.eval_every)
+                               progress=Progress(args.steps, args.no_progress),
+                               eval_pairs=held_out, eval_every=args.eval_every)
     seconds = time.perf_counter() - t0
-    if progress is not None:
-        progress.close()
     model.eval()
     greedy = exact_match(model, held_out)
     beam = exact_match(model, held_out, beam=args.beam)

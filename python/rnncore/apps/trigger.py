@@ -25,12 +25,13 @@ and false alarms (runs of predicted frames touching no trigger's window).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from rnncore.apps.common import Progress, check_positive, output_folder
+from rnncore.apps import common
 from rnncore.models.trigger import BINS, DEFAULT_CELL, TriggerDetector
+from rnncore.train import checkpoint
+from rnncore.train.losses import bce_with_logits
+from rnncore.train.optim import Adam
 
 TRIGGER_FRAMES = 24             # the trigger word's typical duration
 WORDS = ("trigger", "falling", "high-rise", "tone", "warble")
@@ -136,45 +137,28 @@ def event_counts(predicted, labels):
 
 
 def add_arguments(ap):
-    from rnncore.nn.registry import CELLS
     ap.add_argument("--frames", type=int, default=400, help="frames per clip (default 400)")
     ap.add_argument("--label-frames", type=int, default=50,
                     help="frames labelled 1 after each trigger ends (default 50)")
     ap.add_argument("--train-clips", type=int, default=4000)
     ap.add_argument("--test-clips", type=int, default=500)
-    ap.add_argument("--cell", choices=list(CELLS), default=DEFAULT_CELL,
-                    help=f"a cell of the registry (default: {DEFAULT_CELL}, unidirectional)")
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=800, help="updates (default 800)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--clip", type=float, default=1.0, help="max global gradient norm")
-    ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--target", type=float, default=0.95,
-                    help="held-out frame F1 to reach (default 0.95); exit code 1 below it")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", default="rnncore-trigger",
-                    help="folder for the checkpoint (default ./rnncore-trigger)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_common_arguments(
+        ap, dict(cell=DEFAULT_CELL, hidden=64, layers=2, batch=32, steps=800, lr=3e-3, clip=1.0,
+                 eval_every=250, seed=0, threads=0, out="rnncore-trigger", no_progress=True),
+        helps={"cell": f"a cell of the registry (default: {DEFAULT_CELL}, unidirectional)"})
+    common.add_target_argument(ap, 0.95, "frame F1")
 
 
 def run(args, error):
-    import rnncore
-    from rnncore.train import checkpoint
-    from rnncore.train.losses import bce_with_logits
-    from rnncore.train.optim import Adam, clip_grad_norm
-
-    check_positive(args, ("frames", "label_frames", "train_clips", "test_clips", "hidden",
-                          "layers", "batch", "steps", "lr", "clip", "eval_every"), error)
+    common.check_positive(args, ("frames", "label_frames", "train_clips", "test_clips",
+                                 "hidden", "layers", "batch", "steps", "lr", "clip",
+                                 "eval_every"), error)
     if args.frames < 4 * TRIGGER_FRAMES:
         error(f"--frames must be at least {4 * TRIGGER_FRAMES} (room for a few words), got "
               f"{args.frames}")
-    if not 0 < args.target <= 1:
-        error(f"--target must lie in (0, 1], got {args.target}")
-    out = output_folder(args.out, error)
-    rnncore.set_num_threads(args.threads)
+    common.check_target(args, error)
+    out = common.output_folder(args.out, error)
+    version, threads = common.set_threads(args)
 
     rng = np.random.default_rng(args.seed)
     x, y, _ = make_dataset(rng, args.train_clips, args.frames, args.label_frames)
@@ -182,35 +166,32 @@ def run(args, error):
                                      args.frames, args.label_frames)
     model = TriggerDetector(args.cell, args.hidden, args.layers, seed=args.seed)
     opt = Adam(model, lr=args.lr)
-    print(f"rnncore {rnncore.__version__} trigger-word detection (many to many): "
+    print(f"rnncore {version} trigger-word detection (many to many): "
           f"{args.train_clips} training and {args.test_clips} held-out clips of {args.frames} "
           f"frames x {BINS} bins; {test_y.mean():.1%} of the frames labelled 1; {args.cell} "
           f"{args.layers} x {args.hidden}, {model.num_parameters():,} parameters, "
-          f"{rnncore.get_num_threads()} threads")
+          f"{threads} threads")
 
-    progress = Progress(args.steps, args.no_progress)
-    history, scores, reached_at = [], (0.0, 0.0, 0.0), None
-    t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    def update(step):
         rows = rng.integers(0, args.train_clips, size=args.batch)
         logits = model(x[:, rows])
         loss, dlogits = bce_with_logits(logits, y[:, rows])
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(model, args.clip)
-        opt.step()
-        progress.update(f"loss {loss:.4f}")
-        if step % args.eval_every == 0 or step == args.steps:
-            scores = frame_scores(model.predict(test_x) >= 0.5, test_y)
-            seconds = time.perf_counter() - t0
-            history.append((step, seconds) + scores)
-            if reached_at is None and scores[2] >= args.target:
-                reached_at = (step, seconds)
-            progress.write(f"update {step}: held-out frame precision {scores[0]:.3f} recall "
-                           f"{scores[1]:.3f} F1 {scores[2]:.3f}, training loss {loss:.4f} "
-                           f"({seconds:.0f} s)")
-    progress.close()
-    seconds = time.perf_counter() - t0
+        common.backward_and_step(model, opt, dlogits, args.clip)
+        return loss
+
+    history, target = [], common.Target(args.target, ".2f")
+
+    def evaluate(step, loss, seconds):
+        scores = frame_scores(model.predict(test_x) >= 0.5, test_y)
+        history.append((step, seconds) + scores)
+        target.check(scores[2], step, seconds)
+        return (f"update {step}: held-out frame precision {scores[0]:.3f} recall "
+                f"{scores[1]:.3f} F1 {scores[2]:.3f}, training loss {loss:.4f} "
+                f"({seconds:.0f} s)")
+
+    end = common.train_loop(update, args.steps, evaluate=evaluate, eval_every=args.eval_every,
+                            progress=common.Progress(args.steps, args.no_progress))
+    scores = history[-1][2:]  # the loop evaluates after its last update
 
     predicted = model.predict(test_x) >= 0.5
     detected, triggers, false_alarms = event_counts(predicted, test_y)
@@ -219,20 +200,23 @@ def run(args, error):
                     config=dict(model.config, frames=args.frames, label_frames=args.label_frames),
                     extra={"precision": scores[0], "recall": scores[1], "f1": scores[2],
                            "history": history})
-    print("held-out clips 0 and 1 (a character per 8 frames; '#' labelled, '^' predicted, "
-          "'*' both):")
-    for b in range(min(2, test_y.shape[1])):
-        marks = []
-        for s in range(0, args.frames, 8):
-            lab, pred = test_y[s:s + 8, b].mean() >= 0.5, predicted[s:s + 8, b].mean() >= 0.5
-            marks.append("*" if lab and pred else "#" if lab else "^" if pred else ".")
-        print("  " + "".join(marks))
+    _print_clips(predicted, test_y, args.frames)
     print(f"held-out triggers detected: {detected} of {triggers}, false alarms: {false_alarms} "
           f"(in {args.test_clips} clips)")
     print(f"checkpoint: {path}")
-    when = (f"; {args.target:.2f} first reached at update {reached_at[0]} "
-            f"({reached_at[1]:.1f} s)" if reached_at else "")
     print(f"held-out frame F1: {scores[2]:.3f} (precision {scores[0]:.3f}, recall "
-          f"{scores[1]:.3f}) after {args.steps} updates ({seconds:.0f} s){when}; target "
-          f"{args.target:.2f} {'reached' if scores[2] >= args.target else 'NOT reached'}")
-    return 0 if scores[2] >= args.target else 1
+          f"{scores[1]:.3f}) {target.after(args.steps, end.seconds)}; "
+          f"{target.verdict(scores[2])}")
+    return target.exit_code(scores[2])
+
+
+def _print_clips(predicted, labels, frames):
+    """Held-out clips 0 and 1 as a line of marks, a character per 8 frames."""
+    print("held-out clips 0 and 1 (a character per 8 frames; '#' labelled, '^' predicted, "
+          "'*' both):")
+    for b in range(min(2, labels.shape[1])):
+        marks = []
+        for s in range(0, frames, 8):
+            lab, pred = labels[s:s + 8, b].mean() >= 0.5, predicted[s:s + 8, b].mean() >= 0.5
+            marks.append("*" if lab and pred else "#" if lab else "^" if pred else ".")
+        print("  " + "".join(marks))

@@ -109,41 +109,78 @@ def check_gradients(module, inputs, *, forward_kwargs=None, backward=None, eps=1
     Returns a GradientReport; raises AssertionError naming the worst entry when any entry has
     |analytic - numeric| > atol + rtol * |numeric| (unless raise_on_failure=False)."""
     name = type(module).__name__
+    _require_float64(name, module)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    # our own float64 copies of the float inputs: the central differences write into them
+    leaves = {path: np.array(leaf, dtype=np.float64) for path, leaf in _flatten(inputs)
+              if _is_float_array(leaf)}
+    checker = _Checker(module, _rebuild(inputs, leaves), dict(forward_kwargs or {}),
+                       np.random.default_rng(seed), eps, atol, rtol, max_entries)
+    was_training = module.training
+    saved_grads = {k: g.copy() for k, g in module.grads.items()}
+    try:
+        returned, analytic_params = checker.analytic(backward)
+        if check_inputs:
+            for path, array in leaves.items():
+                label = _path_name(f"input {path[0]}", path)
+                if path not in returned or returned[path] is None:
+                    raise AssertionError(f"check_gradients({name}): backward returned no "
+                                         f"gradient for {label} (a float input); pass "
+                                         "check_inputs=False to check the parameters only")
+                checker.compare(label, array, returned[path])
+        for k, p in module.params.items():
+            checker.compare(f"param {k}", p, analytic_params[k])
+    finally:
+        module.train(False)
+        module.train(was_training)
+        for k, g in module.grads.items():
+            g[...] = saved_grads[k]
+    if raise_on_failure and not checker.report.ok:
+        raise AssertionError(_failure_message(name, checker.report))
+    return checker.report
+
+
+def _require_float64(name, module):
     for k, p in module.params.items():
         if p.dtype != np.float64:
             raise ValueError(f"check_gradients({name}) needs float64 parameters, got {p.dtype} "
                              f"for {k!r} (build the module with dtype=np.float64)")
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    kwargs = dict(forward_kwargs or {})
-    rng = np.random.default_rng(seed)
 
-    # our own float64 copies of the float inputs: the central differences write into them
-    leaves = {path: np.array(leaf, dtype=np.float64) for path, leaf in _flatten(inputs)
-              if _is_float_array(leaf)}
-    args = _rebuild(inputs, leaves)
 
-    generators = [g for _, g in _named_generators(module)]
-    random_state = [g.bit_generator.state for g in generators]
-    was_training = module.training
-    saved_grads = {k: g.copy() for k, g in module.grads.items()}
+class _Checker:
+    """One check's state: the module and its arguments, the random projection of the outputs
+    (the loss), the replayed random state of forward, and the report being filled."""
 
-    def run_forward():
-        for g, s in zip(generators, random_state):
+    def __init__(self, module, args, kwargs, rng, eps, atol, rtol, max_entries):
+        self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
+        self.eps, self.atol, self.rtol, self.max_entries = eps, atol, rtol, max_entries
+        self.name = type(module).__name__
+        self.generators = [g for _, g in _named_generators(module)]
+        self.random_state = [g.bit_generator.state for g in self.generators]
+        self.weights = None
+        self.report = GradientReport(self.name)
+
+    def forward(self):
+        """forward with the random draws (dropout) of the first evaluation replayed."""
+        for g, s in zip(self.generators, self.random_state):
             g.bit_generator.state = s
-        return module(*args, **kwargs)
+        return self.module(*self.args, **self.kwargs)
 
-    try:
+    def analytic(self, backward):
+        """One training-mode forward and backward with dL/dout = the projection weights:
+        ({input path: returned gradient}, {parameter: gradient})."""
+        module, name = self.module, self.name
         module.train()
         module.zero_grad()
-        out = run_forward()
+        out = self.forward()
         out_leaves = _flatten(out)
         for path, leaf in out_leaves:
             if leaf is not None and not _is_float_array(leaf):
                 raise TypeError(f"check_gradients({name}): forward must return float arrays "
                                 f"(or tuples of them), got {type(leaf).__name__} at {path}")
-        weights = {path: rng.standard_normal(leaf.shape) for path, leaf in out_leaves
-                   if leaf is not None}
-        dout = _rebuild(out, weights)
+        self.weights = {path: self.rng.standard_normal(leaf.shape) for path, leaf in out_leaves
+                        if leaf is not None}
+        dout = _rebuild(out, self.weights)
         if backward is None:
             returned = module.backward(*dout) if isinstance(out, tuple) else module.backward(dout)
         else:
@@ -151,75 +188,64 @@ def check_gradients(module, inputs, *, forward_kwargs=None, backward=None, eps=1
         analytic_params = {k: g.copy() for k, g in module.grads.items()}
         if not isinstance(returned, tuple):
             returned = (returned,)
-        returned_leaves = dict(_flatten(tuple(returned)))
+        return dict(_flatten(tuple(returned))), analytic_params
 
-        def loss():
-            o = run_forward()
-            module.train(False)   # drops what forward recorded for a backward
-            module.train(True)
-            return sum(float(np.sum(weights[p] * leaf)) for p, leaf in _flatten(o)
-                       if leaf is not None)
+    def loss(self):
+        o = self.forward()
+        self.module.train(False)   # drops what forward recorded for a backward
+        self.module.train(True)
+        return sum(float(np.sum(self.weights[p] * leaf)) for p, leaf in _flatten(o)
+                   if leaf is not None)
 
-        def compare(label, array, analytic):
-            analytic = np.asarray(analytic, dtype=np.float64)
-            if analytic.shape != array.shape:
-                raise AssertionError(f"check_gradients({name}): the gradient of {label} has "
-                                     f"shape {analytic.shape}, expected {array.shape}")
-            flat = array.reshape(-1)  # a view: writing an entry perturbs the input or parameter
-            idx = np.arange(flat.size)
-            if flat.size > max_entries:
-                idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
-            numeric = np.empty(len(idx))
-            for j, i in enumerate(idx):
-                # One entry written in place: tell rnncore, so cells repack their weights (their
-                # probe of sampled values is not meant to catch single entries).
-                v = flat[i]
-                flat[i] = v + eps
-                parameters_changed()
-                up = loss()
-                flat[i] = v - eps
-                parameters_changed()
-                down = loss()
-                flat[i] = v
-                parameters_changed()
-                numeric[j] = (up - down) / (2 * eps)
-            if len(idx) == 0:
-                report.checks.append(GradientCheck(label, array.shape, 0, 0, 0.0, (), 0.0, 0.0,
-                                                   atol))
-                return
-            a = analytic.reshape(-1)[idx]
-            err = np.abs(a - numeric)
-            tol = atol + rtol * np.abs(numeric)
-            worst = int(np.argmax(err / tol))
-            report.checks.append(GradientCheck(
-                label, array.shape, len(idx), int(np.sum(err > tol)), float(err.max()),
-                tuple(int(k) for k in np.unravel_index(int(idx[worst]), array.shape)),
-                float(a[worst]), float(numeric[worst]), float(tol[worst])))
+    def numeric(self, flat, idx):
+        """Central differences of the loss at entries idx of flat (a view of the array)."""
+        eps = self.eps
+        numeric = np.empty(len(idx))
+        for j, i in enumerate(idx):
+            # One entry written in place: tell rnncore, so cells repack their weights (their
+            # probe of sampled values is not meant to catch single entries).
+            v = flat[i]
+            flat[i] = v + eps
+            parameters_changed()
+            up = self.loss()
+            flat[i] = v - eps
+            parameters_changed()
+            down = self.loss()
+            flat[i] = v
+            parameters_changed()
+            numeric[j] = (up - down) / (2 * eps)
+        return numeric
 
-        report = GradientReport(name)
-        if check_inputs:
-            for path, array in leaves.items():
-                label = _path_name(f"input {path[0]}", path)
-                if path not in returned_leaves or returned_leaves[path] is None:
-                    raise AssertionError(f"check_gradients({name}): backward returned no "
-                                         f"gradient for {label} (a float input); pass "
-                                         "check_inputs=False to check the parameters only")
-                compare(label, array, returned_leaves[path])
-        for k, p in module.params.items():
-            compare(f"param {k}", p, analytic_params[k])
-    finally:
-        module.train(False)
-        module.train(was_training)
-        for k, g in module.grads.items():
-            g[...] = saved_grads[k]
+    def compare(self, label, array, analytic):
+        """Adds the GradientCheck of one array (an input or a parameter) to the report."""
+        analytic = np.asarray(analytic, dtype=np.float64)
+        if analytic.shape != array.shape:
+            raise AssertionError(f"check_gradients({self.name}): the gradient of {label} has "
+                                 f"shape {analytic.shape}, expected {array.shape}")
+        flat = array.reshape(-1)  # a view: writing an entry perturbs the input or parameter
+        idx = np.arange(flat.size)
+        if flat.size > self.max_entries:
+            idx = np.sort(self.rng.choice(flat.size, size=self.max_entries, replace=False))
+        numeric = self.numeric(flat, idx)
+        if len(idx) == 0:
+            self.report.checks.append(GradientCheck(label, array.shape, 0, 0, 0.0, (), 0.0, 0.0,
+                                                    self.atol))
+            return
+        a = analytic.reshape(-1)[idx]
+        err = np.abs(a - numeric)
+        tol = self.atol + self.rtol * np.abs(numeric)
+        worst = int(np.argmax(err / tol))
+        self.report.checks.append(GradientCheck(
+            label, array.shape, len(idx), int(np.sum(err > tol)), float(err.max()),
+            tuple(int(k) for k in np.unravel_index(int(idx[worst]), array.shape)),
+            float(a[worst]), float(numeric[worst]), float(tol[worst])))
 
-    if raise_on_failure and not report.ok:
-        w = report.worst
-        failed = sum(c.failed for c in report.checks)
-        checked = sum(c.checked for c in report.checks)
-        raise AssertionError(
-            f"check_gradients({name}): {failed} of {checked} checked entries differ from the "
+
+def _failure_message(name, report):
+    w = report.worst
+    failed = sum(c.failed for c in report.checks)
+    checked = sum(c.checked for c in report.checks)
+    return (f"check_gradients({name}): {failed} of {checked} checked entries differ from the "
             f"finite differences; worst: {w.name}{list(w.worst_index)} analytic {w.analytic:.8e}, "
             f"numeric {w.numeric:.8e}, |difference| {abs(w.analytic - w.numeric):.2e} > "
             f"atol + rtol * |numeric| = {w.tolerance:.2e}\n{report}")
-    return report

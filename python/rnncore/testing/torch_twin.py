@@ -17,7 +17,7 @@ from rnncore.nn import registry as _registry
 
 def torch_twin(cell):
     """(torch.nn class, constructor kwargs) that computes registry cell `cell`, or None."""
-    import torch
+    import torch  # optional: torch (the tests skip without it)
 
     cls, options = _registry.module_variant(cell)
     twin = getattr(torch.nn, cls.__name__, None)

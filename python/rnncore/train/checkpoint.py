@@ -76,7 +76,7 @@ class Checkpoint:
 
 def _safetensors():
     try:
-        import safetensors.numpy
+        import safetensors.numpy  # optional: safetensors, imported where checkpoints are used
     except ImportError as e:  # a dependency of rnncore; reachable only in a broken install
         raise ImportError("rnncore checkpoints need the safetensors package: "
                           "pip install safetensors") from e
@@ -290,8 +290,26 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
     optimiser's type, parameters and buffers, the schedule's type, the generators. Any mismatch
     raises CheckpointError and changes nothing. Returns the Checkpoint (step, config, extra)."""
     ck = load(path)
-    path = ck.path
-    params = model.params
+    _check_model(ck, model)
+    if optimizer is not None:
+        _check_optimizer(ck, optimizer)
+    if scheduler is not None:
+        _check_scheduler(ck, scheduler)
+    states = _generator_states(ck, model, rng)
+    # every check passed: nothing below can fail on the file's content
+    model.load_state_dict(ck.model)
+    if optimizer is not None:
+        optimizer.load_state_dict(ck.optimizer)
+    if scheduler is not None:
+        scheduler.load_state_dict(ck.scheduler)
+    for g, state in states:
+        g.bit_generator.state = state
+    return ck
+
+
+def _check_model(ck, model):
+    """CheckpointError unless the file's parameters have the model's names, shapes and dtypes."""
+    path, params = ck.path, model.params
     missing = [k for k in params if k not in ck.model]
     unexpected = [k for k in ck.model if k not in params]
     if missing or unexpected:
@@ -307,27 +325,37 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
         if a.dtype != p.dtype:
             raise CheckpointError(path, f"model.{k} has dtype {a.dtype} in the file, the model's "
                                         f"is {p.dtype}")
-    if optimizer is not None:
-        if ck.optimizer is None:
-            raise CheckpointError(path, "holds no optimizer state, but an optimizer was given")
-        try:
-            optimizer._check_state_dict(ck.optimizer)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(path, f"the optimizer does not match the file's: {_message(e)}") \
-                from None
-        for (name, p, _) in optimizer._params:
-            for b, a in ck.optimizer["state"][name].items():
-                if a.dtype != p.dtype:
-                    raise CheckpointError(path, f"optim.{name}.{b} has dtype {a.dtype} in the "
-                                                f"file, the parameter's is {p.dtype}")
-    if scheduler is not None:
-        if ck.scheduler is None:
-            raise CheckpointError(path, "holds no schedule state, but a scheduler was given")
-        try:
-            scheduler._check_state_dict(ck.scheduler)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(path, f"the scheduler does not match the file's: {_message(e)}") \
-                from None
+
+
+def _check_optimizer(ck, optimizer):
+    path = ck.path
+    if ck.optimizer is None:
+        raise CheckpointError(path, "holds no optimizer state, but an optimizer was given")
+    try:
+        optimizer._check_state_dict(ck.optimizer)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(path, f"the optimizer does not match the file's: {_message(e)}") \
+            from None
+    for (name, p, _) in optimizer._params:
+        for b, a in ck.optimizer["state"][name].items():
+            if a.dtype != p.dtype:
+                raise CheckpointError(path, f"optim.{name}.{b} has dtype {a.dtype} in the "
+                                            f"file, the parameter's is {p.dtype}")
+
+
+def _check_scheduler(ck, scheduler):
+    if ck.scheduler is None:
+        raise CheckpointError(ck.path, "holds no schedule state, but a scheduler was given")
+    try:
+        scheduler._check_state_dict(ck.scheduler)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(ck.path, f"the scheduler does not match the file's: "
+                                       f"{_message(e)}") from None
+
+
+def _generator_states(ck, model, rng):
+    """[(generator, the file's state for it)] for the model's generators and rng, checked."""
+    path = ck.path
     generators = _named_generators(model)
     names = sorted(n for n, _ in generators)
     if names != sorted(ck.module_rngs):
@@ -344,12 +372,4 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
         if type(g.bit_generator).__name__ != state["bit_generator"]:
             raise CheckpointError(path, f"a generator is {type(g.bit_generator).__name__}, the "
                                         f"file's state is for {state['bit_generator']}")
-    # every check passed: nothing below can fail on the file's content
-    model.load_state_dict(ck.model)
-    if optimizer is not None:
-        optimizer.load_state_dict(ck.optimizer)
-    if scheduler is not None:
-        scheduler.load_state_dict(ck.scheduler)
-    for g, state in states:
-        g.bit_generator.state = state
-    return ck
+    return states

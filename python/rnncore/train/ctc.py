@@ -24,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from rnncore._ext import core
 from rnncore.nn.module import to_numpy
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -136,7 +137,6 @@ def ctc_loss(log_probs, targets, input_lengths=None, target_lengths=None, blank=
         scale = 1.0 / (max(B, 1) * np.maximum(t_len, 1).astype(lp.dtype))
     else:
         scale = np.ones(B, dtype=lp.dtype)
-    from rnncore._ext import core
     losses, grad = core.ctc_loss(lp, padded, in_len, t_len, blank, bool(zero_infinity), True,
                                   np.ascontiguousarray(scale, dtype=lp.dtype))
     if reduction == "none":

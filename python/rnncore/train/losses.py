@@ -68,28 +68,8 @@ def cross_entropy(logits, targets, mask=None, ignore_index=None, label_smoothing
     if z.ndim == 0:
         raise ValueError("logits must have shape (..., C) (classes in the last dimension), got ()")
     C = z.shape[-1]
-    t = to_numpy(targets)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"targets must be an integer array (class indices), got dtype {t.dtype}")
-    if tuple(t.shape) != z.shape[:-1]:
-        raise ValueError(f"targets must have shape {z.shape[:-1]} (logits' shape without the "
-                         f"class dimension), got {tuple(t.shape)}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-            or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
-    _check_reduction(reduction)
-    counted = np.ones(t.shape, dtype=bool)
-    m = _mask(mask, t.shape, f"{tuple(t.shape)} (the shape of targets)")
-    if m is not None:
-        counted &= m
-    if ignore_index is not None:
-        counted &= t != ignore_index
-    bad = counted & ((t < 0) | (t >= C))
-    if bad.any():
-        where = np.unravel_index(int(np.flatnonzero(bad)[0]), t.shape)
-        raise IndexError(f"targets must lie in [0, {C}) (the number of classes) at counted "
-                         f"positions, got {int(t[where])} at position "
-                         f"{tuple(int(i) for i in where)}")
+    t, counted = _class_targets(targets, z.shape[:-1], C, mask, ignore_index, label_smoothing,
+                                reduction)
     count = int(counted.sum())
     scale = _scale(count, reduction)
     if scale is None or z.size == 0:
@@ -117,6 +97,34 @@ def cross_entropy(logits, targets, mask=None, ignore_index=None, label_smoothing
         grad -= smooth / C
     grad *= (w * scale).astype(grad.dtype)[:, None]
     return loss, grad.reshape(z.shape)
+
+
+def _class_targets(targets, shape, C, mask, ignore_index, label_smoothing, reduction):
+    """(targets as an integer array of `shape`, the bool array of counted positions), the
+    arguments checked (in this order): counted targets lie in [0, C)."""
+    t = to_numpy(targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets must be an integer array (class indices), got dtype {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"targets must have shape {shape} (logits' shape without the "
+                         f"class dimension), got {tuple(t.shape)}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+    _check_reduction(reduction)
+    counted = np.ones(t.shape, dtype=bool)
+    m = _mask(mask, t.shape, f"{tuple(t.shape)} (the shape of targets)")
+    if m is not None:
+        counted &= m
+    if ignore_index is not None:
+        counted &= t != ignore_index
+    bad = counted & ((t < 0) | (t >= C))
+    if bad.any():
+        where = np.unravel_index(int(np.flatnonzero(bad)[0]), t.shape)
+        raise IndexError(f"targets must lie in [0, {C}) (the number of classes) at counted "
+                         f"positions, got {int(t[where])} at position "
+                         f"{tuple(int(i) for i in where)}")
+    return t, counted
 
 
 def _elementwise_setup(name_a, a, name_b, b, mask, reduction):
