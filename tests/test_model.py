@@ -243,3 +243,16 @@ def test_checker_leaves_the_module_as_it_was_and_samples_large_arrays(rng):
         rnncore.check_gradients(rnncore.Linear(2, 2), np.zeros((1, 2)))
     with pytest.raises(RuntimeError):
         m.backward(np.zeros((4, 2, 20)))
+
+
+def test_named_parameters_walk_each_array_once():
+    net = rnncore.Sequential(rnncore.Linear(3, 4, seed=0), rnncore.Linear(4, 2, seed=1))
+    names = [n for n, _ in net.named_parameters()]
+    assert names == list(net.params)
+    assert all(p is net.params[n] for n, p in net.named_parameters())
+    assert [id(p) for p in net.parameters()] == [id(p) for p in net.params.values()]
+    tied = rnncore.Sequential(net[0], net[0])  # the same module twice: its arrays once
+    assert len(tied.named_parameters()) == 2
+    assert tied.named_parameters(prefix="m.")[0][0] == "m.0.weight"
+    lstm = rnncore.LSTM(3, 5, num_layers=2, seed=0)
+    assert [n for n, _ in lstm.named_parameters()] == list(lstm.params)

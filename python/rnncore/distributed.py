@@ -26,11 +26,10 @@ packing of many small arrays into a few buffers per collective call.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
-from rnncore.nn.module import parameters_changed
-from rnncore.train.optim import _named_pairs
+import torch
+from rnncore.nn.module import parameters_changed, walk_parameters
 
 __all__ = ["broadcast_parameters", "all_reduce_gradients"]
 
@@ -86,7 +85,7 @@ def _pairs(what, model):
                             f"torch module {type(m).__name__}: wrap models built from torch "
                             "modules (rnncore.torch layers included) in "
                             "torch.nn.parallel.DistributedDataParallel instead")
-    return _named_pairs(model)
+    return walk_parameters(model)
 
 
 def broadcast_parameters(model, src=0, group=None):

@@ -34,9 +34,9 @@ import threading
 import warnings
 
 import numpy as np
-import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+import torch
 from rnncore._ext import core
 from rnncore.nn import cuda as _cuda_path
 from rnncore.nn import recurrent as _numpy_modules

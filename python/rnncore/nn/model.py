@@ -130,7 +130,7 @@ class Model(Module):
         (a child that still refuses its part has the children loaded before it rolled back)."""
         params = self.params
         if strict:
-            check_keys(type(self).__name__, params, list(state_dict))
+            check_keys(f"load_state_dict({type(self).__name__})", params, list(state_dict))
         per_child = OrderedDict((name, OrderedDict()) for name in self._modules)
         for k, v in state_dict.items():
             if k not in params:
@@ -216,7 +216,7 @@ class Sequential(Model):
         return dy
 
 
-def _named_generators(module, prefix=""):
+def named_generators(module, prefix=""):
     """[(dotted name, numpy Generator)] of a module and its children: the random state that
     its forward passes draw from (dropout masks, dropout seeds). Checkpoints save it; the
     gradient checker replays it so that every evaluation sees the same masks."""
@@ -226,5 +226,5 @@ def _named_generators(module, prefix=""):
             out.append((prefix + name, value))
     if isinstance(module, Model):
         for child_name, child in module._modules.items():
-            out.extend(_named_generators(child, f"{prefix}{child_name}."))
+            out.extend(named_generators(child, f"{prefix}{child_name}."))
     return out

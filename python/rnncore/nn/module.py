@@ -181,14 +181,46 @@ class Parameters(OrderedDict):
         _parameter_version[0] += 1
 
 
-def check_keys(owner, names, keys):
-    """KeyError listing the missing and unexpected keys of a strict load_state_dict."""
-    missing = [k for k in names if k not in keys]
-    unexpected = [k for k in keys if k not in names]
+def key_differences(expected, given):
+    """(missing, unexpected): the keys of `expected` absent from `given`, and the keys of
+    `given` absent from `expected`, each in its own order."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    return missing, unexpected
+
+
+def check_keys(what, expected, given, noun="keys"):
+    """KeyError "{what}: missing keys [...]; unexpected keys [...]" unless the keys agree: the
+    one check of every strict load (modules, models, optimisers, schedules). noun="" when `what`
+    already says what the keys are ("optimizer state: parameter names: missing [...]")."""
+    missing, unexpected = key_differences(expected, given)
     if missing or unexpected:
-        parts = ([f"missing keys {missing}"] if missing else []) + \
-                ([f"unexpected keys {unexpected}"] if unexpected else [])
-        raise KeyError(f"load_state_dict({owner}): " + "; ".join(parts))
+        sep = f" {noun} " if noun else " "
+        parts = ([f"missing{sep}{missing}"] if missing else []) + \
+                ([f"unexpected{sep}{unexpected}"] if unexpected else [])
+        raise KeyError(f"{what}: " + "; ".join(parts))
+
+
+def walk_parameters(modules):
+    """[(name, parameter, gradient)] of one module (or model) or a list of them, each parameter
+    array once (tied arrays under their first name; names prefixed "i." when several modules are
+    given): the one walk over parameters that the optimisers, distributed training, checkpoints
+    and named_parameters() share."""
+    mods = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+    if not mods:
+        raise ValueError("modules must hold at least one module, got an empty list")
+    out, seen = [], set()
+    for i, m in enumerate(mods):
+        params, grads = getattr(m, "params", None), getattr(m, "grads", None)
+        if params is None or grads is None:
+            raise TypeError(f"modules must be rnncore modules (with params and grads), got "
+                            f"{type(m).__name__}")
+        prefix = f"{i}." if len(mods) > 1 else ""
+        for k, p in params.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((prefix + k, p, grads[k]))
+    return out
 
 
 def needs_forward(owner, what="forward"):
@@ -386,6 +418,15 @@ class Module:
                 self._pending.discard()
         return recording
 
+    def named_parameters(self, prefix=""):
+        """[(name, live parameter array)], each array once, in registration order (as
+        torch.nn.Module.named_parameters; the gradient of `name` is `grads[name]`)."""
+        return [(prefix + name, p) for name, p, _ in walk_parameters(self)]
+
+    def parameters(self):
+        """The live parameter arrays, each once (see named_parameters)."""
+        return [p for _, p, _ in walk_parameters(self)]
+
     def num_parameters(self):
         return int(sum(p.size for p in self.params.values()))
 
@@ -405,7 +446,7 @@ class Module:
                             f"(dict) of parameter name -> array, got {type(state_dict).__name__}")
         keys = list(state_dict.keys())
         if strict:
-            check_keys(type(self).__name__, self.params, keys)
+            check_keys(f"load_state_dict({type(self).__name__})", self.params, keys)
         staged = []
         for k in keys:
             if k not in self.params:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rnncore.nn.model import _named_generators
+from rnncore.nn.model import named_generators
 from rnncore.nn.module import parameters_changed
 
 
@@ -155,7 +155,7 @@ class _Checker:
         self.module, self.args, self.kwargs, self.rng = module, args, kwargs, rng
         self.eps, self.atol, self.rtol, self.max_entries = eps, atol, rtol, max_entries
         self.name = type(module).__name__
-        self.generators = [g for _, g in _named_generators(module)]
+        self.generators = [g for _, g in named_generators(module)]
         self.random_state = [g.bit_generator.state for g in self.generators]
         self.weights = None
         self.report = GradientReport(self.name)

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from rnncore.nn.model import _named_generators
+from rnncore.nn.model import named_generators
+from rnncore.nn.module import key_differences
 
 FORMAT = "rnncore-checkpoint"
 FORMAT_VERSION = "1"
@@ -186,7 +187,7 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
             "extra": _to_json(extra, "extra"), "optimizer": None, "scheduler": None,
             "rng": None if rng is None else _to_json(rng.bit_generator.state, "rng"),
             "module_rngs": {name: _to_json(g.bit_generator.state, name)
-                            for name, g in _named_generators(model)}}
+                            for name, g in named_generators(model)}}
     if optimizer is not None:
         sd = optimizer.state_dict()
         for name, buffers in sd["state"].items():
@@ -310,8 +311,7 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
 def _check_model(ck, model):
     """CheckpointError unless the file's parameters have the model's names, shapes and dtypes."""
     path, params = ck.path, model.params
-    missing = [k for k in params if k not in ck.model]
-    unexpected = [k for k in ck.model if k not in params]
+    missing, unexpected = key_differences(params, ck.model)
     if missing or unexpected:
         parts = ([f"missing in the file {missing}"] if missing else []) + \
                 ([f"not in the model {unexpected}"] if unexpected else [])
@@ -356,7 +356,7 @@ def _check_scheduler(ck, scheduler):
 def _generator_states(ck, model, rng):
     """[(generator, the file's state for it)] for the model's generators and rng, checked."""
     path = ck.path
-    generators = _named_generators(model)
+    generators = named_generators(model)
     names = sorted(n for n, _ in generators)
     if names != sorted(ck.module_rngs):
         raise CheckpointError(path, f"the model's random generators {names} do not match the "

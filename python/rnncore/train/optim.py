@@ -19,31 +19,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rnncore.nn.module import parameters_changed, to_numpy
+from rnncore.nn.module import check_keys, parameters_changed, to_numpy, walk_parameters
 
 
 # ---- the parameters an optimiser walks --------------------------------------------------------
-def _named_pairs(modules):
-    """[(name, param, grad)], each parameter array once."""
-    mods = list(modules) if isinstance(modules, (list, tuple)) else [modules]
-    if not mods:
-        raise ValueError("modules must hold at least one module, got an empty list")
-    out, seen = [], set()
-    for i, m in enumerate(mods):
-        params, grads = getattr(m, "params", None), getattr(m, "grads", None)
-        if params is None or grads is None:
-            raise TypeError(f"modules must be rnncore modules (with params and grads), got "
-                            f"{type(m).__name__}")
-        prefix = f"{i}." if len(mods) > 1 else ""
-        for k, p in params.items():
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append((prefix + k, p, grads[k]))
-    return out
-
-
 def _pairs(modules):
-    return [(p, g) for _, p, g in _named_pairs(modules)]
+    return [(p, g) for _, p, g in walk_parameters(modules)]
 
 
 def clip_grad_norm(modules, max_norm):
@@ -93,15 +74,6 @@ def _int(name, value, low):
     return int(value)
 
 
-def _keys_match(what, given, expected):
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    if missing or unexpected:
-        parts = ([f"missing {missing}"] if missing else []) + \
-                ([f"unexpected {unexpected}"] if unexpected else [])
-        raise KeyError(f"{what}: " + "; ".join(parts))
-
-
 # ---- optimisers -------------------------------------------------------------------------------
 class Optimizer:
     """Base of the optimisers: named parameters, per-parameter state buffers, state dicts.
@@ -113,7 +85,7 @@ class Optimizer:
     hyperparameter_names = ("lr",)
 
     def __init__(self, modules, **hyperparameters):
-        self._params = _named_pairs(modules)
+        self._params = walk_parameters(modules)
         if not _real("lr", hyperparameters["lr"], low=0.0) > 0:
             raise ValueError(f"lr must be positive, got {hyperparameters['lr']!r}")
         h = self._check_hyperparameters(hyperparameters)
@@ -185,21 +157,21 @@ class Optimizer:
         (hyperparameters, step, new state arrays). Raises TypeError / KeyError / ValueError."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        _keys_match("optimizer state_dict keys", state_dict,
-                    ("type", "hyperparameters", "step", "state"))
+        check_keys("optimizer state_dict keys", ("type", "hyperparameters", "step", "state"),
+                   state_dict, noun="")
         if state_dict["type"] != type(self).__name__:
             raise ValueError(f"the state_dict is of a {state_dict['type']} optimiser, this one is "
                              f"{type(self).__name__}")
         h = state_dict["hyperparameters"]
-        _keys_match(f"{type(self).__name__} hyperparameters", h, self.hyperparameter_names)
+        check_keys(f"{type(self).__name__} hyperparameters", self.hyperparameter_names, h, noun="")
         h = self._check_hyperparameters(dict(h))
         step = _int("step", state_dict["step"], 0)
         state = state_dict["state"]
-        _keys_match("optimizer state: parameter names", state, self.param_names)
+        check_keys("optimizer state: parameter names", self.param_names, state, noun="")
         buffers = self._buffer_names(h)
         new_state = OrderedDict()
         for name, p, _ in self._params:
-            _keys_match(f"optimizer state of {name!r}: buffers", state[name], buffers)
+            check_keys(f"optimizer state of {name!r}: buffers", buffers, state[name], noun="")
             new_state[name] = OrderedDict()
             for b in buffers:
                 a = to_numpy(state[name][b])
@@ -464,8 +436,8 @@ class _Schedule:
         if state_dict.get("type") != type(self).__name__:
             raise ValueError(f"the state_dict is of a {state_dict.get('type')} schedule, this "
                              f"one is {type(self).__name__}")
-        _keys_match(f"{type(self).__name__} state_dict keys",
-                    [k for k in state_dict if k != "type"], self._fields)
+        check_keys(f"{type(self).__name__} state_dict keys", self._fields,
+                   [k for k in state_dict if k != "type"], noun="")
         values = {k: state_dict[k] for k in self._fields}
         self._check_fields(values)
         return values

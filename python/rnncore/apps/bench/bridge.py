@@ -210,9 +210,8 @@ def _bridge_model_step(torch, rt, args):
 def run_torch_bridge(args):
     """--torch-bridge: the per-call overhead, the comparison grid through the bridge, and a small
     model's training step, at max(--threads) threads."""
-    import torch  # optional: torch (rnncore[torch])
-
     import rnncore.torch as rt  # optional: the torch door, the subject of this measurement
+    import torch  # optional: torch (rnncore[torch])
     threads = max(args.threads)
     both_threads(torch, threads)
     print(f"rnncore.torch, {threads} threads")
