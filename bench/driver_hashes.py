@@ -4,8 +4,9 @@ Runs every cell variant (LSTM, PeepholeLSTM, GRU reset_after True/False, RNN tan
 float32 and float64 on 1 and 2 threads over a small grid (1 and 2 layers, uni- and
 bidirectional, with and without variable lengths, dropout between layers, bias on and off, odd
 sizes that hit vector tails, and sizes large enough for the time loop to split its units over two
-threads): a training forward and backward with fixed seeds, an inference forward, and a few
-single steps of the matching cell forward and backward. It prints one sha256 per configuration
+threads): a training forward and backward with fixed seeds (every other configuration also
+recording the gradient-flow norms, rnncore.diagnostics' branch of the backward sweep), an
+inference forward, and a few single steps of the matching cell forward and backward. It prints one sha256 per configuration
 over every output, final state, dx, dh0 (dc0) and parameter gradient, then a total.
 
 Only the public API is used (rnncore.LSTM/GRU/RNN/PeepholeLSTM, the cells, set_num_threads), so
@@ -65,7 +66,7 @@ def _states(state):
     return list(state) if isinstance(state, tuple) else [state]
 
 
-def run_stack(make, dtype, size, stack, seed):
+def run_stack(make, dtype, size, stack, seed, record_grad_norms):
     T, B, I, H = size
     layers, bidirectional, ragged, bias = stack
     m = make(input_size=I, hidden_size=H, num_layers=layers, bias=bias, dropout=DROPOUT,
@@ -88,10 +89,13 @@ def run_stack(make, dtype, size, stack, seed):
     out += [y] + _states(state)
     m.train()
     m.zero_grad()
+    m.record_grad_norms = record_grad_norms  # the diagnostics' branch of the backward sweep
     y, state = m(x, state0, lengths=lengths)
     out += [y] + _states(state)
     dx, dstate0 = m.backward(dy, dstate)
     out += [dx] + _states(dstate0)
+    if record_grad_norms:
+        out.append(m.grad_norms)
     out += [m.grads[k] for k in sorted(m.grads)]
     return _digest(out)
 
@@ -128,7 +132,8 @@ def main():
                 VARIANTS, (np.float32, np.float64)):
             dt = np.dtype(dtype).name
             for i, (size, stack) in enumerate(itertools.product(SIZES, STACKS)):
-                digest = run_stack(make_stack, dtype, size, stack, seed=100 + i)
+                digest = run_stack(make_stack, dtype, size, stack, seed=100 + i,
+                                   record_grad_norms=i % 2 == 1)
                 line = f"stack threads={threads} {name} {dt} TBIH={size} LDlb={stack} {digest}"
                 total.update(line.encode())
                 print(line, flush=True)
