@@ -38,7 +38,7 @@
 
 #include "gemm.hpp"
 #include "packed_gemm.hpp"
-#include "rnncore/runtime.hpp"
+#include "runtime_detail.hpp"
 #include "rnncore/sequence.hpp"
 #include "team.hpp"
 #include "thread_split.hpp"

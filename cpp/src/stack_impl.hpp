@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "rnncore/runtime.hpp"
+#include "runtime_detail.hpp"
 #include "rnncore/stack.hpp"
 #include "stack_helpers.hpp"
 
