@@ -26,8 +26,10 @@
 
 #include "api.hpp"
 #include "context.cuh"
-#include "dropout.cuh"
 #include "rnncore/cells.hpp"
+#include "rnncore/detail/dropout_mask.hpp"
+#include "rnncore/detail/gate_blocks.hpp"
+#include "rnncore/detail/stack_checks.hpp"
 
 namespace rnncore {
 namespace cuda {
@@ -122,7 +124,7 @@ __global__ void fill_kernel(Index n, T value, T* dst) {
 template <class T>
 __global__ void dropout_kernel(Index n, double p, uint64_t seed, Index layer, T* data) {
   const Index idx = Index(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx < n) data[idx] *= T(dropout_scale(p, seed, layer, idx));
+  if (idx < n) data[idx] *= T(::rnncore::detail::dropout_mask(p, seed, layer, idx));
 }
 
 template <class T>
@@ -257,30 +259,11 @@ __global__ void backward_kernel(BackwardStep<T> a) {
   if constexpr (Phase == 0 && !Cell::kDirectHiddenGrad) a.dh_out[idx] = T(0);
 }
 
-// ---- gate blocks (as the CPU driver's for_each_gate_block) --------------------------------------
+// ---- gate blocks (rnncore/detail/gate_blocks.hpp, the CPU driver's too) ------------------------
 
-enum class Side { kInput, kRecurrent };
-
-template <class Cell>
-int grad_slot(int gate, Side side) {
-  return side == Side::kInput ? Cell::kGateSlots[gate].input_grad
-                              : Cell::kGateSlots[gate].recurrent_grad;
-}
-
-// f(first_gate, end_gate) for each run of gates whose `side` gradients sit in consecutive stash
-// slots (and, on the recurrent side, share the product's operand): one GEMM each.
-template <class Cell, class F>
-void for_each_gate_block(Side side, F&& f) {
-  for (int first = 0; first < Cell::kGates;) {
-    int end = first + 1;
-    while (end < Cell::kGates && grad_slot<Cell>(end, side) == grad_slot<Cell>(end - 1, side) + 1 &&
-           (side == Side::kInput || Cell::kGateSlots[end].recurrent_operand ==
-                                        Cell::kGateSlots[first].recurrent_operand))
-      ++end;
-    f(first, end);
-    first = end;
-  }
-}
+using ::rnncore::detail::for_each_gate_block;
+using ::rnncore::detail::gradient_slot;
+using ::rnncore::detail::WeightSide;
 
 // ---- one layer, one direction -------------------------------------------------------------------
 
@@ -480,17 +463,17 @@ void direction_backward(Context::Impl& ctx, const DirectionCall<T>& call, LayerW
   if (Cell::kHasCellState && g.dc0) copy_or_zero(BH, dc, g.dc0, stream);
 
   const LayerGradients<T>& grads = *g.grads;
-  for_each_gate_block<Cell>(Side::kInput, [&](int first, int end) {
+  for_each_gate_block<Cell>(WeightSide::kInput, [&](int first, int end) {
     const Index cols = (end - first) * H;
-    const T* dg = stash + grad_slot<Cell>(first, Side::kInput) * H;
+    const T* dg = stash + gradient_slot<Cell>(first, WeightSide::kInput) * H;
     if (grads.dw_ih)
       gemm<T>(ctx.handle, true, false, cols, I, N, T(1), dg, S * H, xs, I, T(1),
               grads.dw_ih + first * H * I, I);
     add_column_sums(ctx, N, cols, dg, S * H, grads.db_ih ? grads.db_ih + first * H : nullptr);
   });
-  for_each_gate_block<Cell>(Side::kRecurrent, [&](int first, int end) {
+  for_each_gate_block<Cell>(WeightSide::kRecurrent, [&](int first, int end) {
     const Index cols = (end - first) * H;
-    const T* dg = stash + grad_slot<Cell>(first, Side::kRecurrent) * H;
+    const T* dg = stash + gradient_slot<Cell>(first, WeightSide::kRecurrent) * H;
     const int operand_slot = Cell::kGateSlots[first].recurrent_operand;
     const T* operand = operand_slot < 0 ? hist : stash + operand_slot * H;
     if (grads.dw_hh)
@@ -503,8 +486,8 @@ void direction_backward(Context::Impl& ctx, const DirectionCall<T>& call, LayerW
   if (g.din && N > 0) {
     T* dxs = ctx.dxs.get<T>(std::max<Index>(1, N * I));
     bool first_block = true;
-    for_each_gate_block<Cell>(Side::kInput, [&](int first, int end) {
-      const T* dg = stash + grad_slot<Cell>(first, Side::kInput) * H;
+    for_each_gate_block<Cell>(WeightSide::kInput, [&](int first, int end) {
+      const T* dg = stash + gradient_slot<Cell>(first, WeightSide::kInput) * H;
       gemm<T>(ctx.handle, false, false, N, I, (end - first) * H, T(1), dg, S * H,
               call.w->w_ih + first * H * I, I, first_block ? T(0) : T(1), dxs, I);
       first_block = false;
@@ -517,13 +500,8 @@ void direction_backward(Context::Impl& ctx, const DirectionCall<T>& call, LayerW
 
 // ---- the stack ----------------------------------------------------------------------------------
 
-inline void check_weight_count(const Shape& shape, std::size_t count, const char* what) {
-  const std::size_t expected = std::size_t(shape.num_layers * shape.directions());
-  if (count != expected)
-    throw std::invalid_argument(std::string(what) + " holds " + std::to_string(count) +
-                                " layer-directions, expected num_layers * directions = " +
-                                std::to_string(expected));
-}
+using ::rnncore::detail::check_dropout;
+using ::rnncore::detail::check_weight_count;
 
 template <class T>
 void apply_dropout(Context::Impl& ctx, double p, uint64_t seed, Index layer, Index n, T* data) {
@@ -552,9 +530,7 @@ void stack_forward(Context::Impl& ctx, const Shape& shape, const std::vector<Lay
                    bool training, double dropout, uint64_t seed, const T* x, const T* h0,
                    const T* c0, const int64_t* host_lengths, T* y, T* h_n, T* c_n) {
   check_weight_count(shape, w.size(), "weights");
-  if (!(dropout >= 0.0 && dropout < 1.0))
-    throw std::invalid_argument("dropout must be a probability in [0, 1), got " +
-                                std::to_string(dropout));
+  check_dropout(dropout);
   const Index L = shape.num_layers, D = shape.directions(), B = shape.batch, H = shape.hidden_size;
   const Index T_ = shape.seq_len, state = B * H, outputs = T_ * B * D * H;
   cudaStream_t stream = ctx.stream;

@@ -38,6 +38,7 @@
 
 #include "gemm.hpp"
 #include "packed_gemm.hpp"
+#include "rnncore/detail/gate_blocks.hpp"
 #include "runtime_detail.hpp"
 #include "rnncore/sequence.hpp"
 #include "team.hpp"
@@ -181,37 +182,6 @@ void input_projection(Index rows, const T* x, Index I, const T* w, Index n, T* o
   PackedWeights<T> packed;
   packed.pack(n, I, [&](Index c) { return w + c * I; }, 1);
   parallel_packed_gemm(rows, x, I, packed, out, ldo, false, max_threads);
-}
-
-// Which side of a gate's pre-activation a gradient belongs to (GateSlots, cells/pointwise.hpp).
-enum class WeightSide {
-  kInput,      // x W_ih^T + b_ih: dW_ih, db_ih, dx
-  kRecurrent,  // (operand) W_hh^T + b_hh: dW_hh, db_hh
-};
-
-template <class Cell>
-constexpr int gradient_slot(int gate, WeightSide side) {
-  return side == WeightSide::kInput ? Cell::kGateSlots[gate].input_grad
-                                    : Cell::kGateSlots[gate].recurrent_grad;
-}
-
-// Calls f(first_gate, end_gate) for each maximal run of gates whose `side` gradients sit in
-// consecutive stash slots, so the run is one (N, (end_gate - first_gate) * H) block of the stash
-// and one GEMM serves it; on the recurrent side the run's gates must also share the product's
-// operand (h_{t-1}, or a stash slot for GRU reset-before's n-gate).
-template <class Cell, class F>
-void for_each_gate_block(WeightSide side, F&& f) {
-  const auto continues_block = [side](int gate, int first_gate) {
-    return gradient_slot<Cell>(gate, side) == gradient_slot<Cell>(gate - 1, side) + 1 &&
-           (side == WeightSide::kInput || Cell::kGateSlots[gate].recurrent_operand ==
-                                              Cell::kGateSlots[first_gate].recurrent_operand);
-  };
-  for (int first_gate = 0; first_gate < Cell::kGates;) {
-    int end_gate = first_gate + 1;
-    while (end_gate < Cell::kGates && continues_block(end_gate, first_gate)) ++end_gate;
-    f(first_gate, end_gate);
-    first_gate = end_gate;
-  }
 }
 
 // Which product a thread's packed part of W_hh serves.

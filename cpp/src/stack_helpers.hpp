@@ -25,9 +25,6 @@ void add_into(Index n, const T* src, T* dst);
 template <class T>
 void apply_dropout(const Dropout& dropout, Index layer, Index n, T* data);
 
-// std::invalid_argument unless 0 <= p < 1.
-void check_dropout(const Dropout& dropout);
-
 // Zero biases for a layer that has none (the sequence driver always reads biases).
 template <class T>
 class BiasFallback {

@@ -2,23 +2,13 @@
 // cells.hpp. Included by the generated per-cell instantiation units (instantiate_cell.cpp.in).
 #pragma once
 
-#include <stdexcept>
-#include <string>
-
-#include "runtime_detail.hpp"
+#include "rnncore/detail/stack_checks.hpp"
 #include "rnncore/stack.hpp"
+#include "runtime_detail.hpp"
 #include "stack_helpers.hpp"
 
 namespace rnncore {
 namespace detail {
-
-inline void check_weight_count(const StackShape& shape, std::size_t count, const char* what) {
-  const std::size_t expected = std::size_t(shape.num_layers * shape.directions());
-  if (count != expected)
-    throw std::invalid_argument(std::string(what) + " holds " + std::to_string(count) +
-                                " layer-directions, expected num_layers * directions = " +
-                                std::to_string(expected));
-}
 
 // One layer, both directions (or the one), training or inference: reads `in` (T, B, I_l),
 // writes `out` (T, B, D*H) and the layer's entries of h_n / c_n.
@@ -61,7 +51,7 @@ void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Drop
                    T* c_n, StackWorkspace<T>* ws) {
   InterruptScope interruptible;  // one for all layers and directions of the call
   check_weight_count(shape, w.layers.size(), "weights");
-  check_dropout(dropout);
+  check_dropout(dropout.p);
   const Index L = shape.num_layers, D = shape.directions();
   const Index layer_outputs = shape.seq_len * shape.batch * D * shape.hidden_size;
   const BiasFallback<T> biases(Cell::kGates * shape.hidden_size);
