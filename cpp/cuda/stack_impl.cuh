@@ -29,9 +29,6 @@ namespace rnncore {
 namespace cuda {
 namespace detail {
 
-using ::rnncore::detail::check_dropout;
-using ::rnncore::detail::check_weight_count;
-
 template <class Cell, class T>
 DirectionCall<T> direction_call(Context::Impl& ctx, const Shape& shape, Index layer, Index d,
                                 const LayerWeights<T>& w, const int64_t* lengths) {
@@ -51,8 +48,8 @@ template <class Cell, class T>
 void stack_forward(Context::Impl& ctx, const Shape& shape, const std::vector<LayerWeights<T>>& w,
                    bool training, double dropout, uint64_t seed, const T* x, const T* h0,
                    const T* c0, const int64_t* host_lengths, T* y, T* h_n, T* c_n) {
-  check_weight_count(shape, w.size(), "weights");
-  check_dropout(dropout);
+  ::rnncore::detail::check_weight_count(shape, w.size(), "weights");
+  ::rnncore::detail::check_dropout(dropout);
   const Index L = shape.num_layers, D = shape.directions(), B = shape.batch, H = shape.hidden_size;
   const Index T_ = shape.seq_len, state = B * H, outputs = T_ * B * D * H;
   cudaStream_t stream = ctx.stream;
@@ -107,8 +104,8 @@ void stack_backward(Context::Impl& ctx, const std::vector<LayerWeights<T>>& w, c
         "backward() needs the workspace of a training-mode forward; it was never filled or was "
         "already consumed by an earlier backward()");
   const Shape& shape = ctx.shape;
-  check_weight_count(shape, w.size(), "weights");
-  check_weight_count(shape, grads.size(), "gradients");
+  ::rnncore::detail::check_weight_count(shape, w.size(), "weights");
+  ::rnncore::detail::check_weight_count(shape, grads.size(), "gradients");
   ctx.ready = false;
   const Index L = shape.num_layers, D = shape.directions(), B = shape.batch, H = shape.hidden_size;
   const Index T_ = shape.seq_len, state = B * H;
