@@ -31,7 +31,9 @@ namespace rc = rnncore::cuda;
 
 namespace {
 
-using rnncore::bindings::read_layer_arrays;
+using rnncore::bindings::check_stack_sizes;
+using rnncore::bindings::is_float64;
+using rnncore::bindings::read_stack_arrays;
 using rnncore::bindings::shape_str;
 
 struct Desc {
@@ -93,18 +95,12 @@ class Stack {
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype)
       : info_(rnncore::find_cell(cell)) {
-    if (input_size <= 0 || hidden_size <= 0 || num_layers <= 0)
-      throw py::value_error("input_size, hidden_size and num_layers must be positive, got " +
-                            std::to_string(input_size) + ", " + std::to_string(hidden_size) +
-                            ", " + std::to_string(num_layers));
+    check_stack_sizes(input_size, hidden_size, num_layers);
     shape_.input_size = input_size;
     shape_.hidden_size = hidden_size;
     shape_.num_layers = num_layers;
     shape_.bidirectional = bidirectional;
-    const py::dtype dt = py::dtype::from_args(dtype);
-    if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
-      throw py::value_error("dtype must be float32 or float64, got " + std::string(py::str(dt)));
-    double_ = dt.itemsize() == 8;
+    double_ = is_float64(dtype);
   }
 
   // x: (T, B, I) descriptor; params: name -> descriptor; h0, c0: (L*D, B, H) or None; lengths:
@@ -151,19 +147,15 @@ class Stack {
   Index entries() const { return shape_.num_layers * directions(); }
   const char* dtype_name() const { return double_ ? "float64" : "float32"; }
 
+  // The arrays of every layer-direction, found by name in `d` and checked as device arrays of
+  // the call's device and dtype (read_stack_arrays, common.hpp).
   template <class Slots, class T>
   std::vector<Slots> read_layers(Checker& check, const py::dict& d, const char* what) const {
     const auto get = [&](const std::string& key, const std::vector<Index>& shape) -> T* {
       if (!d.contains(key)) return nullptr;
       return check.get<T>(d[py::str(key)], std::string(what) + "[" + key + "]", shape);
     };
-    std::vector<Slots> out;
-    for (Index l = 0; l < shape_.num_layers; ++l)
-      for (Index dir = 0; dir < directions(); ++dir)
-        out.push_back(read_layer_arrays<Slots, T>(
-            info_, shape_.layer_input_size(l), shape_.hidden_size,
-            "_l" + std::to_string(l) + (dir == 1 ? "_reverse" : ""), what, get));
-    return out;
+    return read_stack_arrays<Slots, T>(info_, shape_, what, get);
   }
 
   template <class T>
