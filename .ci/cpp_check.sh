@@ -25,7 +25,7 @@ print(os.path.join(os.path.dirname(os.path.dirname(cmeel.__file__)), c.CMEEL_PRE
 
 echo "== configure and build the C++ library and examples"
 cmake -S . -B "$work/build" -DCMAKE_PREFIX_PATH="$eigen_prefix" -DRNNCORE_BUILD_EXAMPLES=ON \
-  -DRNNCORE_SIMD="${RNNCORE_SIMD:-native}" | grep -E "^-- rnncore:|Configuring done"
+  -DRNNCORE_SIMD="${RNNCORE_SIMD:-portable}" | grep -E "^-- rnncore:|Configuring done"
 cmake --build "$work/build"
 
 for src in examples/*.cpp; do

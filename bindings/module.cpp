@@ -35,7 +35,12 @@ bool python_signal_pending() {
 }  // namespace
 }  // namespace rnncore::bindings
 
-PYBIND11_MODULE(_core, m) {
+// The module's name comes from CMake: one module per instruction-set level (_core_avx2, ...).
+#ifndef RNNCORE_MODULE_NAME
+#define RNNCORE_MODULE_NAME _core
+#endif
+
+PYBIND11_MODULE(RNNCORE_MODULE_NAME, m) {
   namespace bindings = rnncore::bindings;
   m.doc() = "rnncore C++ core (internal; use the rnncore package)";
   bindings::bind_stack(m);

@@ -1,5 +1,5 @@
-"""The type stubs of the compiled modules (python/rnncore/_core.pyi, _cuda.pyi) say what the
-modules have: the same public names, and for every function and method the same parameters, in
+"""The type stubs of the compiled modules (python/rnncore/_core.pyi: the engine, whichever level's
+module _core_<level> runs; _cuda.pyi) say what the modules have: the same public names, and for every function and method the same parameters, in
 the same order, with a default exactly where the binding has one. Read from the bindings'
 signatures (pybind11 writes `name(arg: type = default, ...) -> type` as each docstring's first
 line), so a binding added, removed or changed without its stub fails here."""
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import rnncore
+from rnncore import _ext
 from rnncore._ext import cuda_module
 
 PACKAGE = Path(rnncore.__file__).parent
@@ -75,8 +76,8 @@ def stub_of(module_name):
 
 
 def compiled(module_name):
-    if module_name == "_core":
-        return importlib.import_module("rnncore._core")
+    if module_name == "_core":  # the engine module of the level chosen here (_core_avx2, ...)
+        return _ext.core
     module, why = cuda_module()
     if module is None:
         pytest.skip(why)

@@ -16,7 +16,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-from rnncore._ext import __version__, get_num_threads, set_num_threads
+from rnncore._ext import __version__, cpu_info, get_num_threads, set_num_threads
 from rnncore.nn.module import no_grad, parameters_changed
 from rnncore.nn.cuda import cuda_available, cuda_status
 from rnncore.nn.precision import bf16_kernel, bf16_supported
@@ -91,7 +91,7 @@ __all__ = [
     "Linear", "Embedding", "Dropout", "LayerNorm", "Model", "Sequential",
     "check_gradients", "losses", "optim", "checkpoint", "diagnostics", "tbptt",
     "attention", "ctc", "seq2seq", "PyramidEncoder", "cuda_available", "cuda_status",
-    "precision", "bf16_kernel", "bf16_supported", "__version__",
+    "precision", "bf16_kernel", "bf16_supported", "__version__", "cpu_info",
 ]
 
 
