@@ -88,14 +88,12 @@ void pointwise_backward(const BackwardStepRows<T>& rows, Index batch, Index H,
 // the phase operand's. w_hh: the thread's packed columns (RecurrentProduct::kBackward).
 template <class Cell, class T, class DyOfRow, class NormOfRow>
 void backward_step(const BackwardStepRows<T>& rows, Index batch, Index H, const UnitSlice& slice,
-                   const PackedWeights<T> (&w_hh)[Cell::kPhases], bool several_threads,
+                   const PackedWeights<T> (&w_hh)[Cell::kPhases], SpinThenSleepBarrier* barrier,
                    DyOfRow&& dy_of_row, NormOfRow&& norm_of_row) {
   for_each_phase_reversed<Cell::kPhases>([&](auto phase_constant) {
     constexpr int phase = decltype(phase_constant)::value;
     pointwise_backward<Cell, phase, T>(rows, batch, H, slice, dy_of_row, norm_of_row);
-    if (several_threads) {
-#pragma omp barrier
-    }
+    meet(barrier);
     T* target = phase == 0 ? rows.dh : rows.doperand;
     const bool accumulate = phase == 0 ? Cell::kDirectHiddenGrad : false;
     packed_gemm(batch, rows.stash + Cell::kPhaseFirstGate[phase] * H, rows.stash_ld, w_hh[phase],
@@ -158,7 +156,7 @@ class BackwardTimeLoop {
 
  private:
   void run_loop(const TimeLoopSplit& split) {
-    Team team;
+    Team team(split.threads);
 #pragma omp parallel num_threads(split.threads) if (split.threads > 1)
     {
       const int thread = omp_get_thread_num();
@@ -167,13 +165,11 @@ class BackwardTimeLoop {
       team.guard([&] {  // allocates: a failure must not leave the region
         pack_recurrent_slice<Cell>(w_.w_hh, H_, slice, RecurrentProduct::kBackward, w_hh);
       });
-      if (split.threads > 1) {
-#pragma omp barrier
-      }
+      meet(team.barrier());
       if (!team.failed()) {
         for (Index n = 0; n < sc_.steps; ++n) {
           if (team.stop_at(n, thread)) break;
-          step(sc_.steps - 1 - n, slice, thread, w_hh, split.threads > 1);
+          step(sc_.steps - 1 - n, slice, thread, w_hh, team.barrier());
         }
       }
     }
@@ -183,7 +179,7 @@ class BackwardTimeLoop {
   // Step s on the slice: where its rows are in the workspace, where row r's dy is (time order,
   // batch order), and where the slice's part of ||dL/dh_t||^2 goes when it is recorded.
   void step(Index s, const UnitSlice& slice, int thread,
-            const PackedWeights<T> (&w_hh)[Cell::kPhases], bool several_threads) {
+            const PackedWeights<T> (&w_hh)[Cell::kPhases], SpinThenSleepBarrier* barrier) {
     const Index B = sc_.batch, H = H_, stash_width = Cell::kStashSlots * H;
     const Index first_row = sc_.offsets[s];
     const Index prev = s == 0 ? 0 : B + sc_.offsets[s - 1];  // history row of h_{t-1}
@@ -204,7 +200,7 @@ class BackwardTimeLoop {
       if (norm_parts_.empty()) return nullptr;
       return &norm_parts_[std::size_t(thread * ws_.shape.seq_len + sc_.time_of(s, r))];
     };
-    backward_step<Cell>(rows, sc_.batch_sizes[s], H, slice, w_hh, several_threads, dy_of_row,
+    backward_step<Cell>(rows, sc_.batch_sizes[s], H, slice, w_hh, barrier, dy_of_row,
                         norm_of_row);
   }
 

@@ -78,7 +78,7 @@ class TrainingSteps {
  public:
   TrainingSteps(TrainingWorkspace<T>& ws, const Schedule& sc, Index H) : ws_(ws), sc_(sc), H_(H) {}
 
-  StepRows<T> rows_of_step(Index s) const {
+  StepRows<T> rows_of_step(Index s, SpinThenSleepBarrier* /*no chunks to project*/) const {
     const Index B = sc_.batch, H = H_, stash_width = Cell::kStashSlots * H;
     const Index first_row = sc_.offsets[s];
     const Index prev = s == 0 ? 0 : B + sc_.offsets[s - 1];  // history row of h_{t-1}
@@ -160,8 +160,8 @@ class InferenceSteps {
     h_next_ = buffers.h.data() + call.sc.batch * H;
   }
 
-  StepRows<T> rows_of_step(Index s) {
-    if (s == chunk_end_) project_chunk(s);
+  StepRows<T> rows_of_step(Index s, SpinThenSleepBarrier* barrier) {
+    if (s == chunk_end_) project_chunk(s, barrier);
     const Index H = call_.shape.hidden_size, gx_width = Cell::kGates * slice_.width;
     StepRows<T> rows;
     rows.gx = gx_ + (call_.sc.offsets[s] - call_.sc.offsets[chunk_begin_]) * gx_width;
@@ -176,16 +176,14 @@ class InferenceSteps {
 
  private:
   // Projects the inputs of the steps [first_step, first_step + chunk_steps) onto the slice.
-  void project_chunk(Index first_step) {
+  void project_chunk(Index first_step, SpinThenSleepBarrier* barrier) {
     const Schedule& sc = call_.sc;
     const Index I = call_.shape.input_size, gx_width = Cell::kGates * slice_.width;
     chunk_begin_ = first_step;
     chunk_end_ = std::min(sc.steps, first_step + buf_.chunk_steps);
     gather_steps(sc, chunk_begin_, chunk_end_, call_.x, I, buf_.x_chunk.data(), thread_, threads_);
     // Every thread projects every row of the chunk, which all of them gathered.
-    if (threads_ > 1) {
-#pragma omp barrier
-    }
+    meet(barrier);
     const Index rows = sc.offsets[chunk_end_] - sc.offsets[chunk_begin_];
     packed_gemm(rows, buf_.x_chunk.data(), I, w_ih_, gx_, gx_width, false);
     add_bias_rows(rows, gx_width, gx_, gx_width, b_ih_);
@@ -209,14 +207,12 @@ class InferenceSteps {
 template <class Cell, class T, bool kTrain>
 void forward_step(const StepRows<T>& rows, Index batch, const UnitSlice& slice,
                   const PackedWeights<T> (&w_hh)[Cell::kPhases], T* gh, const LayerWeights<T>& w,
-                  Index H, bool several_threads) {
+                  Index H, SpinThenSleepBarrier* barrier) {
   for_each_phase<Cell::kPhases>([&](auto phase_constant) {
     constexpr int phase = decltype(phase_constant)::value;
     const Index gh_width =
         (Cell::kPhaseFirstGate[phase + 1] - Cell::kPhaseFirstGate[phase]) * slice.width;
-    if (several_threads) {
-#pragma omp barrier
-    }
+    meet(barrier);
     const T* operand = phase == 0 ? rows.h_prev : rows.operand;
     packed_gemm(batch, operand, phase == 0 ? H : rows.operand_ld, w_hh[phase], gh, gh_width, false);
     ForwardRow<T> row;
@@ -278,7 +274,7 @@ void forward_time_loop(const ForwardCall<T>& call, const TimeLoopSplit& split,
   const Index H = call.shape.hidden_size;
   const Index gh_per_thread = split.max_batch * Cell::kGates * split.slices.widest;
   Buffer<T> gh(split.threads * gh_per_thread);  // each thread's recurrent product of a phase
-  Team team;
+  Team team(split.threads);
 #pragma omp parallel num_threads(split.threads) if (split.threads > 1)
   {
     const int thread = omp_get_thread_num();
@@ -289,17 +285,15 @@ void forward_time_loop(const ForwardCall<T>& call, const TimeLoopSplit& split,
       pack_recurrent_slice<Cell>(call.w.w_hh, H, slice, RecurrentProduct::kForward, w_hh);
       steps.emplace(steps_for(thread, slice));
     });
-    if (split.threads > 1) {
-#pragma omp barrier
-    }
+    meet(team.barrier());
     if (!team.failed()) {
       keep_initial_states<Cell>(call, split.max_batch, slice, initial_h, initial_c);
       T* thread_gh = gh.data() + thread * gh_per_thread;
       for (Index s = 0; s < sc.steps; ++s) {
         if (team.stop_at(s, thread)) break;
-        const StepRows<T> rows = steps->rows_of_step(s);
+        const StepRows<T> rows = steps->rows_of_step(s, team.barrier());
         forward_step<Cell, T, kTrain>(rows, sc.batch_sizes[s], slice, w_hh, thread_gh, call.w, H,
-                                      split.threads > 1);
+                                      team.barrier());
         write_step_outputs<Cell>(call, s, rows, slice);
         steps->end_step();
       }

@@ -95,6 +95,8 @@ class StepImpl final : public StepImplBase<T> {
       scratch_stash_.resize(B * stash_width);
       scratch_operand_.resize(B * H_);
     }
+    SpinThenSleepBarrier team_barrier(threads);
+    SpinThenSleepBarrier* barrier = threads > 1 ? &team_barrier : nullptr;
     const auto run = [&](int t) {
       const UnitSlice slice = packs.slices[t];
       const Index gx_width = G * slice.width;
@@ -117,11 +119,9 @@ class StepImpl final : public StepImplBase<T> {
       const LayerWeights<T> w{nullptr, nullptr, b_ih_.data(), b_hh_.data(), peephole_.data()};
       T* gh = gh_.data() + t * B * G * widest;
       if (training)
-        forward_step<Cell, T, true>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_,
-                                    threads > 1);
+        forward_step<Cell, T, true>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_, barrier);
       else
-        forward_step<Cell, T, false>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_,
-                                     threads > 1);
+        forward_step<Cell, T, false>(rows, B, slice, packs.w_hh[t].phase, gh, w, H_, barrier);
     };
     if (threads == 1) {
       run(0);
@@ -159,8 +159,10 @@ class StepImpl final : public StepImplBase<T> {
     rows.peephole = peephole_.data(), rows.dpeephole = grads.dw_peephole;
     const auto no_dy = [&](Index) -> const T* { return zeros_.data(); };  // a step has no output
     const auto no_norm = [](Index) -> double* { return nullptr; };
+    SpinThenSleepBarrier team_barrier(threads);
+    SpinThenSleepBarrier* barrier = threads > 1 ? &team_barrier : nullptr;
     const auto run = [&](int t) {
-      backward_step<Cell>(rows, B, H_, packs.slices[t], packs.w_hh[t].phase, threads > 1, no_dy,
+      backward_step<Cell>(rows, B, H_, packs.slices[t], packs.w_hh[t].phase, barrier, no_dy,
                           no_norm);
     };
     if (threads == 1) {

@@ -12,6 +12,7 @@
 #include <exception>
 #include <mutex>
 
+#include "barrier.hpp"
 #include "rnncore/common.hpp"
 #include "runtime_detail.hpp"
 
@@ -64,11 +65,11 @@ void parallel_parts(int parts, Part&& part) {
 }
 
 // The threads of one time loop. Use:
-//   Team team;                       // before the region, in the calling thread
-//   #pragma omp parallel ...
-//   { team.guard([&] { per-thread set-up }); barrier if several threads;
+//   Team team(threads);              // before the region, in the calling thread
+//   #pragma omp parallel num_threads(threads) ...
+//   { team.guard([&] { per-thread set-up }); meet(team.barrier());
 //     if (!team.failed()) for (s ...) { if (team.stop_at(s, thread)) break; ... one step with
-//                                      at least one barrier when several threads ... } }
+//                                      at least one meet(team.barrier()) ... } }
 //   team.finish();                   // rethrows a set-up error, or throws Interrupted
 // stop_at: thread 0 polls the call's interruption during step n and publishes the answer in slot
 // (n + 1) % 2, which every thread reads at the start of step n + 1, after the step's barrier; it
@@ -76,7 +77,9 @@ void parallel_parts(int parts, Part&& part) {
 // read it. So all threads leave at the same step.
 class Team : public ErrorSlot {
  public:
-  Team() : interruption_(current_interruption()) {
+  explicit Team(int threads = 1)
+      : interruption_(current_interruption()), barrier_(threads > 1 ? threads : 1),
+        several_(threads > 1) {
     // A call already stopped (in an earlier layer, or the other direction) stops at step 0.
     if (interruption_ && interruption_->requested()) stop_[0].store(true);
   }
@@ -93,6 +96,11 @@ class Team : public ErrorSlot {
     return false;
   }
 
+  // The barrier the loop's steps meet at (barrier.hpp: spins briefly, then sleeps, so a busy
+  // machine's descheduled thread does not cost its partner a time slice of spinning); nullptr
+  // for a team of one thread, which never waits.
+  SpinThenSleepBarrier* barrier() { return several_ ? &barrier_ : nullptr; }
+
   void finish() const {
     rethrow();
     if (stopped_.load(std::memory_order_relaxed)) throw Interrupted();
@@ -103,7 +111,14 @@ class Team : public ErrorSlot {
   PollTimer timer_;  // thread 0's
   std::atomic<bool> stop_[2] = {false, false};
   std::atomic<bool> stopped_{false};
+  SpinThenSleepBarrier barrier_;
+  const bool several_;
 };
+
+// Waits at the barrier when there is one (several threads); a team of one passes.
+inline void meet(SpinThenSleepBarrier* barrier) {
+  if (barrier) barrier->arrive_and_wait();
+}
 
 }  // namespace detail
 }  // namespace rnncore
