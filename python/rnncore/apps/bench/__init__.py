@@ -21,7 +21,7 @@ gradients must agree within float32 tolerance, or the run stops with a message.
 
 The jobs, one module each: compare (the default: CONFIGS against torch and onnxruntime, and the
 Markdown table), memory (--memory), lm (--lm), grad_norms (--grad-norms), bridge
-(--torch-bridge), steps (--steps); configs holds what they measure, common what they share.
+(--torch-bridge), steps (--steps), busy (--competitors); configs holds what they measure, common what they share.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import argparse
 import os
 
 from rnncore.apps.bench.bridge import run_torch_bridge
+from rnncore.apps.bench.busy import run_busy
 from rnncore.apps.bench.common import fma_peaks, machine, median_times, repeats_for
 from rnncore.apps.bench.compare import run_comparison, write_markdown
 from rnncore.apps.bench.configs import CONFIGS, LM_CELLS, STEP_CONFIGS
@@ -58,6 +59,9 @@ def add_arguments(ap):
                     help="only the cost of recording ||dL/dh_t|| in backward")
     ap.add_argument("--steps", action="store_true",
                     help="only single cell steps (LSTMCell/GRUCell) vs torch and their GEMM alone")
+    ap.add_argument("--competitors", type=int, nargs="+", metavar="N",
+                    help="only the busy-machine comparison: N busy processes beside each run "
+                    "(e.g. --competitors 1 2), rnncore and torch at 1 and 2 threads")
     ap.add_argument("--torch-bridge", action="store_true",
                     help="only rnncore.torch: its per-call overhead, the configs through it vs "
                     "torch.nn, and a small embedding + GRU + linear model's training step")
@@ -79,6 +83,8 @@ def run(args, error=None):
     if args.steps:
         run_steps(args)
         return 0
+    if args.competitors:
+        return 1 if run_busy(args) else 0
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     rows = run_comparison(args)
     if args.markdown:

@@ -29,6 +29,12 @@ PEAK_TARGET = 0.8
 PEAK_CONFIGS = {(c, T, B, H) for c in ("lstm", "gru")
                 for T, B, H in ((50, 128, 1024), (100, 64, 256), (25, 32, 512))}
 
+# a busy machine (--competitors): the single-layer (cell, T, B, H) timed beside busy processes,
+# and the targets of issue 19 at 2 threads under load: at most this multiple of rnncore's own
+# 1-thread time under the same load (and faster than torch's 2-thread time)
+BUSY_CONFIGS = [c[:4] for c in CONFIGS if len(c) == 6 and c[0] in ("lstm", "gru")]
+BUSY_TARGETS = {"own_one_thread": 1.3}
+
 # the end-to-end language model against the same model in PyTorch (--lm)
 LM = dict(embed=64, hidden=256, layers=2, batch=32, bptt=64, lr=2e-3, clip=1.0)
 LM_TARGETS = {"lstm": 0.8, "gru": 0.6}  # rnncore / torch time per update (the training issue)
