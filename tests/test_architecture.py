@@ -35,10 +35,16 @@ ALLOWED = {
 DOORS = {"torch", "onnx", "keras", "distributed"}
 
 
+def compiled(module):
+    """The compiled modules: the engine (_core_<level>, one per instruction-set level, and the
+    name _core its stub describes), the CPU probe _cpu and the CUDA driver _cuda."""
+    return module.startswith("rnncore._core") or module in ("rnncore._cpu", "rnncore._cuda")
+
+
 def layer_of(module):
     """'rnncore.nn.cells' -> 'nn'; the doors -> 'doors'; the face and _ext/_interop -> None."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("_ext", "_interop", "_core", "_cuda", "__main__"):
+    if len(parts) == 1 or parts[1] in ("_ext", "_interop", "__main__") or compiled(module):
         return None
     if parts[1] in DOORS:
         return "doors"
@@ -74,8 +80,8 @@ def imports_of(name, path):
                 candidate = f"{module}.{alias.name}"
                 known = (PACKAGE.parent / Path(*candidate.split("."))).with_suffix(".py")
                 is_pkg = (PACKAGE.parent / Path(*candidate.split(".")) / "__init__.py")
-                compiled = candidate in ("rnncore._core", "rnncore._cuda")
-                yield (candidate if known.exists() or is_pkg.exists() or compiled else module,
+                yield (candidate if known.exists() or is_pkg.exists() or compiled(candidate)
+                       else module,
                        node.lineno)
 
 
@@ -86,12 +92,12 @@ def violation(importer, imported):
     """Why `importer` may not import `imported`, or None."""
     if not imported.startswith("rnncore"):
         return None
-    if imported in ("rnncore._core", "rnncore._cuda") and importer != "rnncore._ext":
+    if compiled(imported) and importer != "rnncore._ext":
         return "only rnncore._ext imports the compiled modules"
     if importer == "rnncore" or importer == "rnncore.__main__":
         return None  # the face (and python -m rnncore) may import anything
     if importer in BASE:
-        return None if imported in ("rnncore._core", "rnncore._cuda") or imported in BASE \
+        return None if compiled(imported) or imported in BASE \
             else "_ext and _interop import nothing of rnncore"
     if imported == "rnncore":
         return "only the face is `rnncore`: import the module that holds the name"
@@ -160,6 +166,5 @@ def test_a_layer_pulls_in_only_what_it_may(layer):
                          check=True).stdout.split()
     allowed = {"nn": ("rnncore.nn",), "train": ALLOWED["train"],
                "models": ALLOWED["models"]}[layer]
-    extra = [m for m in out if not m.startswith(allowed)
-             and m not in BASE | {"rnncore._core", "rnncore._cuda"}]
+    extra = [m for m in out if not m.startswith(allowed) and m not in BASE and not compiled(m)]
     assert not extra, f"importing rnncore.{layer} pulled in {extra}"
