@@ -3,7 +3,8 @@
 //   - constructor arguments: the sizes of a stack, the dtype (float32 | float64), the precision;
 //   - numpy arguments: dtype, shape, layout and writeability, with messages that name the
 //     argument, the expected and the actual value; output allocation;
-//   - the parameter (or gradient) arrays of every layer-direction, read by PyTorch's names;
+//   - the parameter (or gradient) arrays of every layer-direction, read by PyTorch's names, and
+//     the properties both Stack classes show;
 //   - the per-object lock taken without holding the GIL, and C++ calls run without the GIL with
 //     Ctrl-C turned into KeyboardInterrupt.
 // No arithmetic here or anywhere in bindings/.
@@ -187,6 +188,17 @@ auto dict_arrays(const py::dict& d, const char* what, bool writeable,
     keep.push_back(std::move(a));
     return data;
   };
+}
+
+// ---- what both Stack classes show Python --------------------------------------------------------
+
+// The read-only properties _core.Stack and _cuda.Stack share, by the same names.
+template <class Stack, class... Options>
+py::class_<Stack, Options...>& def_stack_properties(py::class_<Stack, Options...>& cls) {
+  return cls.def_property_readonly("ready", &Stack::ready)
+      .def_property_readonly("nbytes", &Stack::nbytes)
+      .def_property_readonly("cell", &Stack::cell)
+      .def_property_readonly("dtype", &Stack::dtype);
 }
 
 // ---- the GIL ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ namespace rc = rnncore::cuda;
 namespace {
 
 using rnncore::bindings::check_stack_sizes;
+using rnncore::bindings::def_stack_properties;
 using rnncore::bindings::is_float64;
 using rnncore::bindings::read_stack_arrays;
 using rnncore::bindings::shape_str;
@@ -247,7 +248,8 @@ class Stack {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "rnncore's CUDA stack driver (device arrays as (pointer, shape, dtype, device))";
-  py::class_<Stack>(m, "Stack")
+  py::class_<Stack> stack(m, "Stack");
+  stack
       .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&>(),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false,
@@ -259,11 +261,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def("backward", &Stack::backward, py::arg("params"), py::arg("grads"), py::arg("dy"),
            py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"),
            py::arg("stream"),
-           "Queues BPTT through the last training forward (consumed); ADDS into grads.")
-      .def_property_readonly("ready", &Stack::ready)
-      .def_property_readonly("nbytes", &Stack::nbytes)
-      .def_property_readonly("cell", &Stack::cell)
-      .def_property_readonly("dtype", &Stack::dtype)
+           "Queues BPTT through the last training forward (consumed); ADDS into grads.");
+  def_stack_properties(stack)
       .def_property_readonly("pending", &Stack::pending)
       .def("release", &Stack::release, "Frees the device memory the stack holds.");
   m.def("device_count", &rc::device_count, "CUDA devices the runtime sees (0 without a driver).");
