@@ -24,6 +24,7 @@
 #include "rnncore/cells.hpp"
 #include "rnncore/common.hpp"
 #include "rnncore/runtime.hpp"
+#include "rnncore/stack.hpp"
 
 namespace rnncore::bindings {
 
@@ -39,12 +40,20 @@ inline std::string shape_str(const std::vector<Index>& s) {
 
 // ---- constructor arguments ----------------------------------------------------------------------
 
-// ValueError unless the sizes of a stack are positive.
-inline void check_stack_sizes(Index input_size, Index hidden_size, Index num_layers) {
+// The shape of a stack (seq_len and batch come with each call); ValueError unless the sizes are
+// positive.
+inline StackShape stack_shape(Index input_size, Index hidden_size, Index num_layers,
+                              bool bidirectional) {
   if (input_size <= 0 || hidden_size <= 0 || num_layers <= 0)
     throw py::value_error("input_size, hidden_size and num_layers must be positive, got " +
                           std::to_string(input_size) + ", " + std::to_string(hidden_size) + ", " +
                           std::to_string(num_layers));
+  StackShape shape;
+  shape.input_size = input_size;
+  shape.hidden_size = hidden_size;
+  shape.num_layers = num_layers;
+  shape.bidirectional = bidirectional;
+  return shape;
 }
 
 // true for float64, false for float32; ValueError for any other dtype.

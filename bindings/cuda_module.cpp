@@ -31,11 +31,11 @@ namespace rc = rnncore::cuda;
 
 namespace {
 
-using rnncore::bindings::check_stack_sizes;
 using rnncore::bindings::def_stack_properties;
 using rnncore::bindings::is_float64;
 using rnncore::bindings::read_stack_arrays;
 using rnncore::bindings::shape_str;
+using rnncore::bindings::stack_shape;
 
 struct Desc {
   std::uintptr_t ptr = 0;
@@ -95,14 +95,9 @@ class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype)
-      : info_(rnncore::find_cell(cell)) {
-    check_stack_sizes(input_size, hidden_size, num_layers);
-    shape_.input_size = input_size;
-    shape_.hidden_size = hidden_size;
-    shape_.num_layers = num_layers;
-    shape_.bidirectional = bidirectional;
-    double_ = is_float64(dtype);
-  }
+      : info_(rnncore::find_cell(cell)),
+        shape_(stack_shape(input_size, hidden_size, num_layers, bidirectional)),
+        double_(is_float64(dtype)) {}
 
   // x: (T, B, I) descriptor; params: name -> descriptor; h0, c0: (L*D, B, H) or None; lengths:
   // a host int64 numpy array (B,) or None; y, h_n, c_n: output descriptors (c_n None for cells

@@ -28,12 +28,8 @@ class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype, const std::string& precision)
-      : info_(rnncore::find_cell(cell)) {
-    check_stack_sizes(input_size, hidden_size, num_layers);
-    shape_.input_size = input_size;
-    shape_.hidden_size = hidden_size;
-    shape_.num_layers = num_layers;
-    shape_.bidirectional = bidirectional;
+      : info_(rnncore::find_cell(cell)),
+        shape_(stack_shape(input_size, hidden_size, num_layers, bidirectional)) {
     const bool float64 = is_float64(dtype);
     if (float64) workspace_.emplace<rnncore::StackWorkspace<double>>();
     precision_ = parse_precision(precision, float64);
