@@ -5,35 +5,25 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "common.hpp"
 #include "rnncore/ctc.hpp"
 
-namespace py = pybind11;
-using rnncore::Index;
-
+namespace rnncore::bindings {
 namespace {
-
-std::string shape_text(const py::array& a) {
-  std::ostringstream o;
-  o << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) o << (i ? ", " : "") << a.shape(i);
-  o << (a.ndim() == 1 ? ",)" : ")");
-  return o.str();
-}
 
 template <class T>
 const T* input(const py::array& a, const char* name, std::vector<Index> shape) {
-  const auto want = py::dtype::of<T>();
-  if (a.dtype().kind() != want.kind() || a.itemsize() != py::ssize_t(sizeof(T)))
-    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(want)) +
+  if (!has_dtype<T>(a))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   bool same = a.ndim() == py::ssize_t(shape.size());
   for (size_t i = 0; same && i < shape.size(); ++i) same = shape[i] < 0 || a.shape(i) == shape[i];
   if (!same)
-    throw py::value_error(std::string(name) + " has the wrong shape " + shape_text(a) +
+    throw py::value_error(std::string(name) + " has the wrong shape " + shape_str(shape_of(a)) +
                           " (expected " + std::to_string(shape.size()) + " dimensions matching "
                           "log_probs (T, B, C))");
   if (!(a.flags() & py::array::c_style))
@@ -95,3 +85,5 @@ void bind_ctc(py::module_& m) {
       "input_lengths, target_lengths (B,) int64. Returns (losses (B,), grad (T, B, C) scaled per "
       "sample by grad_scale (B,), or None when want_grad is false).");
 }
+
+}  // namespace rnncore::bindings

@@ -31,8 +31,11 @@ namespace rc = rnncore::cuda;
 
 namespace {
 
-using rnncore::bindings::read_layer_arrays;
+using rnncore::bindings::def_stack_properties;
+using rnncore::bindings::is_float64;
+using rnncore::bindings::read_stack_arrays;
 using rnncore::bindings::shape_str;
+using rnncore::bindings::stack_shape;
 
 struct Desc {
   std::uintptr_t ptr = 0;
@@ -92,20 +95,9 @@ class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype)
-      : info_(rnncore::find_cell(cell)) {
-    if (input_size <= 0 || hidden_size <= 0 || num_layers <= 0)
-      throw py::value_error("input_size, hidden_size and num_layers must be positive, got " +
-                            std::to_string(input_size) + ", " + std::to_string(hidden_size) +
-                            ", " + std::to_string(num_layers));
-    shape_.input_size = input_size;
-    shape_.hidden_size = hidden_size;
-    shape_.num_layers = num_layers;
-    shape_.bidirectional = bidirectional;
-    const py::dtype dt = py::dtype::from_args(dtype);
-    if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
-      throw py::value_error("dtype must be float32 or float64, got " + std::string(py::str(dt)));
-    double_ = dt.itemsize() == 8;
-  }
+      : info_(rnncore::find_cell(cell)),
+        shape_(stack_shape(input_size, hidden_size, num_layers, bidirectional)),
+        double_(is_float64(dtype)) {}
 
   // x: (T, B, I) descriptor; params: name -> descriptor; h0, c0: (L*D, B, H) or None; lengths:
   // a host int64 numpy array (B,) or None; y, h_n, c_n: output descriptors (c_n None for cells
@@ -151,19 +143,15 @@ class Stack {
   Index entries() const { return shape_.num_layers * directions(); }
   const char* dtype_name() const { return double_ ? "float64" : "float32"; }
 
+  // The arrays of every layer-direction, found by name in `d` and checked as device arrays of
+  // the call's device and dtype (read_stack_arrays, common.hpp).
   template <class Slots, class T>
   std::vector<Slots> read_layers(Checker& check, const py::dict& d, const char* what) const {
     const auto get = [&](const std::string& key, const std::vector<Index>& shape) -> T* {
       if (!d.contains(key)) return nullptr;
       return check.get<T>(d[py::str(key)], std::string(what) + "[" + key + "]", shape);
     };
-    std::vector<Slots> out;
-    for (Index l = 0; l < shape_.num_layers; ++l)
-      for (Index dir = 0; dir < directions(); ++dir)
-        out.push_back(read_layer_arrays<Slots, T>(
-            info_, shape_.layer_input_size(l), shape_.hidden_size,
-            "_l" + std::to_string(l) + (dir == 1 ? "_reverse" : ""), what, get));
-    return out;
+    return read_stack_arrays<Slots, T>(info_, shape_, what, get);
   }
 
   template <class T>
@@ -255,7 +243,8 @@ class Stack {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "rnncore's CUDA stack driver (device arrays as (pointer, shape, dtype, device))";
-  py::class_<Stack>(m, "Stack")
+  py::class_<Stack> stack(m, "Stack");
+  stack
       .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&>(),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false,
@@ -267,11 +256,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def("backward", &Stack::backward, py::arg("params"), py::arg("grads"), py::arg("dy"),
            py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"),
            py::arg("stream"),
-           "Queues BPTT through the last training forward (consumed); ADDS into grads.")
-      .def_property_readonly("ready", &Stack::ready)
-      .def_property_readonly("nbytes", &Stack::nbytes)
-      .def_property_readonly("cell", &Stack::cell)
-      .def_property_readonly("dtype", &Stack::dtype)
+           "Queues BPTT through the last training forward (consumed); ADDS into grads.");
+  def_stack_properties(stack)
       .def_property_readonly("pending", &Stack::pending)
       .def("release", &Stack::release, "Frees the device memory the stack holds.");
   m.def("device_count", &rc::device_count, "CUDA devices the runtime sees (0 without a driver).");

@@ -26,18 +26,13 @@
 
 #include "rnncore/common.hpp"
 #include "rnncore/sequence.hpp"
+#include "rnncore/stack.hpp"
 
 namespace rnncore {
 namespace cuda {
 
-struct Shape {
-  Index seq_len = 0, batch = 0, input_size = 0, hidden_size = 0, num_layers = 1;
-  bool bidirectional = false;
-  Index directions() const { return bidirectional ? 2 : 1; }
-  Index layer_input_size(Index layer) const {
-    return layer == 0 ? input_size : directions() * hidden_size;
-  }
-};
+// The CPU stack's shape (stack.hpp): one type for both drivers.
+using Shape = ::rnncore::StackShape;
 
 // One per (layer, direction), index l*D + d: the CPU driver's structs (sequence.hpp). Here the
 // biases and the peephole may be nullptr (zeros), and backward ADDS into the gradients, any of
@@ -89,8 +84,8 @@ void backward(Context& ctx, const std::vector<LayerWeights<T>>& w, const T* dy, 
               void* stream);
 
 // The dropout mask value (0 or 1/(1-p)) of element `index` of layer `layer`'s output: the
-// function the device kernel evaluates, here on the host (it must equal the CPU path's
-// rnncore::dropout_scale, which tests check).
+// function the device kernel evaluates (rnncore/detail/dropout_mask.hpp, the CPU path's too),
+// here on the host, for tests.
 double dropout_scale(double p, uint64_t seed, Index layer, Index index);
 
 #define RNNCORE_CUDA_DECLARE(CELL, T)                                                          \

@@ -1,20 +1,24 @@
-// Compile-only check: the cells' pointwise math, as the CUDA kernels (stack_impl.cuh) call it.
+// Compile-only check: the cells' pointwise math, as the CUDA kernels (pointwise.cuh) call it, and
+// the inter-layer dropout mask (detail/dropout_mask.hpp) that the CPU and CUDA drivers share.
 //
 // For every registry cell (rnncore::CellTypes, so a new registry line is checked without an edit
 // here), for float and double, and for every phase of the cell's step, this instantiates the
 // pointwise forward (training and inference) and backward inside __global__ functions. nvcc then
 // compiles the host pass and the device pass of the shared headers, which is what keeps the
-// host+device math (activations.hpp, cells/*.hpp) compilable before the CUDA build exists.
+// host+device math (activations.hpp, cells/*.hpp, detail/dropout_mask.hpp) compilable before the
+// CUDA build exists.
 // Nothing here runs: the kernels are only taken by address, which forces their instantiation.
 //
 //   nvcc -std=c++20 -I cpp/include -c cpp/cuda/compile_check.cu -o compile_check.o
 // CMake builds it as the object library rnncore_cuda_check (RNNCORE_CUDA_CHECK); pytest runs the
 // command above (tests/test_build.py::test_cell_math_compiles_with_nvcc).
 #include <cstddef>
+#include <cstdint>
 #include <tuple>
 #include <utility>
 
 #include "rnncore/cells.hpp"
+#include "rnncore/detail/dropout_mask.hpp"
 
 namespace rnncore {
 namespace cuda_check {
@@ -30,6 +34,12 @@ template <class Cell, int Phase, class T>
 __global__ void backward_kernel(BackwardRow<T> row) {
   const Index j = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j < row.H) Cell::template backward<Phase, T>(row, j);
+}
+
+// One thread per element of a layer's output, as the dropout kernel is launched.
+__global__ void dropout_mask_kernel(double p, uint64_t seed, Index layer, Index n, double* out) {
+  const Index e = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e < n) out[e] = detail::dropout_mask(p, seed, layer, e);
 }
 
 using AnyKernel = const void*;
@@ -48,8 +58,10 @@ struct AllKernels;
 template <class... Cells>
 struct AllKernels<std::tuple<Cells...>> {
   static constexpr int kKernelsPerPhase = 3 * 2;  // {training, inference, backward} x {float, double}
-  static constexpr std::size_t count = (0 + ... + (kKernelsPerPhase * Cells::kPhases));
+  // The dropout mask kernel, then each cell's phases.
+  static constexpr std::size_t count = (1 + ... + (kKernelsPerPhase * Cells::kPhases));
   static void take(AnyKernel* out) {
+    *out++ = reinterpret_cast<AnyKernel>(&dropout_mask_kernel);
     (take_phase_kernels<Cells, float>(out, std::make_integer_sequence<int, Cells::kPhases>{}), ...);
     (take_phase_kernels<Cells, double>(out, std::make_integer_sequence<int, Cells::kPhases>{}), ...);
   }

@@ -3,7 +3,7 @@
 #include <string>
 
 #include "context.cuh"
-#include "dropout.cuh"
+#include "rnncore/detail/dropout_mask.hpp"
 
 namespace rnncore {
 namespace cuda {
@@ -57,7 +57,7 @@ int device_of(const void* p) {
 }
 
 double dropout_scale(double p, uint64_t seed, Index layer, Index index) {
-  return detail::dropout_scale(p, seed, layer, index);
+  return ::rnncore::detail::dropout_mask(p, seed, layer, index);
 }
 
 void Context::Impl::begin(int dev, void* s) {

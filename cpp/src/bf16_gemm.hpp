@@ -48,13 +48,6 @@ inline std::uint16_t to_bf16(float x) {
   return std::uint16_t(u >> 16);
 }
 
-inline float from_bf16(std::uint16_t b) {
-  const std::uint32_t u = std::uint32_t(b) << 16;
-  float x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-}
-
 // The bf16 pack of W (n x k): panels of kBf16Lanes columns, k_pairs = ceil(k / 2) words each.
 struct Bf16Panels {
   Index k_pairs = 0;

@@ -63,6 +63,9 @@ RNNCORE_HD T log_add3(T a, T b, T c) {
   return (shift + log_impl(sum)) + (m - shift);
 }
 
+template <class T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
 // The buffers of one sample; reused across the samples a thread handles. alpha and beta rows
 // carry two -inf pads (alpha before s = 0, beta after s = L - 1) so the recursions read their
 // neighbours without branches; skip[s] is 0 where alpha may come from s - 2 and -inf where not.
@@ -76,29 +79,39 @@ struct Scratch {
   std::vector<T> class_max, class_sum;  // (C)
 };
 
+// The extended target l' (blanks around and between the labels), where alpha may skip a state
+// (skip[s] = 0 where l'_s may follow l'_{s-2} directly, a label unlike the one before it, else
+// -inf), and y_t(l'_s) for every frame.
 template <class T>
-void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target, Index time,
-                Index target_len, Index b, Index blank, bool zero_infinity, T* loss, T* grad,
-                T scale, Scratch<T>& w) {
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+void extended_target(const CtcShape& shape, const T* log_probs, const int64_t* target,
+                     Index time, Index target_len, Index b, Index blank, Scratch<T>& w) {
   const Index B = shape.batch, C = shape.classes, L = 2 * target_len + 1, W = L + 2;
-  auto row = [&](Index t) { return log_probs + (t * B + b) * C; };
-
   w.label.assign(L, blank);
-  w.skip.assign(W, kNegInf);
+  w.skip.assign(W, kNegInf<T>);
   for (Index s = 1; s < L; s += 2) {
     w.label[s] = Index(target[s / 2]);
     if (s >= 2 && w.label[s] != w.label[s - 2]) w.skip[s] = 0;
   }
   const Index* lab = w.label.data();
-  const T* skip = w.skip.data();
   w.emit.resize(time * L);
   for (Index t = 0; t < time; ++t)
-    for (Index s = 0; s < L; ++s) w.emit[t * L + s] = row(t)[lab[s]];
+    for (Index s = 0; s < L; ++s) w.emit[t * L + s] = log_probs[(t * B + b) * C + lab[s]];
+}
 
-  // alpha: row t at alpha + t * W, state s at [s + 2].
-  w.alpha.assign(time * W, kNegInf);
-  T* alpha = w.alpha.data();
+// A (time, L + 2) table of log-probabilities (alpha or beta), all -inf to begin with.
+template <class T>
+T* fresh_trellis(std::vector<T>& table, Index time, Index L) {
+  table.assign(time * (L + 2), kNegInf<T>);
+  return table.data();
+}
+
+// The forward variables (alpha: row t at alpha + t * W, state s at [s + 2]); returns the
+// negative log-likelihood, +inf when no alignment exists.
+template <class T>
+T forward_variables(Index time, Index L, Scratch<T>& w) {
+  const Index W = L + 2;
+  const T* skip = w.skip.data();
+  T* alpha = fresh_trellis(w.alpha, time, L);
   alpha[2] = w.emit[0];
   if (L > 1) alpha[3] = w.emit[1];
   for (Index t = 1; t < time; ++t) {
@@ -110,7 +123,69 @@ void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target
       cur[s] = e[s] + log_add3(prev[s + 2], prev[s + 1], prev[s] + skip[s]);
   }
   const T* last = alpha + (time - 1) * W + 2;
-  const T nll_raw = -(L > 1 ? log_add3(last[L - 1], last[L - 2], kNegInf) : last[0]);
+  return -(L > 1 ? log_add3(last[L - 1], last[L - 2], kNegInf<T>) : last[0]);
+}
+
+// The backward variables (beta: row t at beta + t * W, state s at [s], pads at L, L + 1).
+template <class T>
+void backward_variables(Index time, Index L, Scratch<T>& w) {
+  const Index W = L + 2;
+  const T* skip = w.skip.data();
+  T* beta = fresh_trellis(w.beta, time, L);
+  T* end = beta + (time - 1) * W;
+  end[L - 1] = w.emit[(time - 1) * L + L - 1];
+  if (L > 1) end[L - 2] = w.emit[(time - 1) * L + L - 2];
+  for (Index t = time - 2; t >= 0; --t) {
+    const T* next = beta + (t + 1) * W;
+    T* cur = beta + t * W;
+    const T* e = w.emit.data() + t * L;
+#pragma omp simd
+    for (Index s = 0; s < L; ++s)
+      cur[s] = e[s] + log_add3(next[s], next[s + 1], next[s + 2] + skip[s + 2]);
+  }
+}
+
+// The gradient w.r.t. the logits of frame t (C values at g): scale * (softmax - posterior), the
+// posterior of a class from the summed alpha*beta over the states of that class, as a two-pass
+// log-sum-exp (max, then sum) so that no class loses precision to another.
+template <class T>
+void frame_gradient(Index t, Index L, Index C, const T* y, T nll, T scale, Scratch<T>& w, T* g) {
+  const Index W = L + 2;
+  const Index* lab = w.label.data();
+  T* occ = w.occ.data();
+  T* cmax = w.class_max.data();
+  T* csum = w.class_sum.data();
+  const T* a = w.alpha.data() + t * W + 2;
+  const T* bt = w.beta.data() + t * W;
+  std::fill_n(cmax, C, kNegInf<T>);
+  std::fill_n(csum, C, T(0));
+#pragma omp simd
+  for (Index s = 0; s < L; ++s) occ[s] = a[s] + bt[s];
+  for (Index s = 0; s < L; ++s) cmax[lab[s]] = std::max(cmax[lab[s]], occ[s]);
+#pragma omp simd
+  for (Index s = 0; s < L; ++s) {
+    const T m = cmax[lab[s]];
+    occ[s] = act::exp_impl(occ[s] - (m == kNegInf<T> ? T(0) : m));
+  }
+  for (Index s = 0; s < L; ++s) csum[lab[s]] += occ[s];
+#pragma omp simd
+  for (Index k = 0; k < C; ++k) {
+    // posterior of class k at frame t: exp(-inf), i.e. 0 (float: e^-87), for a class that
+    // no state of this target has (no select, so that the loop vectorises)
+    const T posterior = act::exp_impl(cmax[k] + log_impl(csum[k]) + nll - y[k]);
+    g[k] = scale * (act::exp_impl(y[k]) - posterior);
+  }
+}
+
+// One sample: its loss, and (grad not null) its gradient, zero past its input length and NaN
+// for an impossible alignment unless zero_infinity.
+template <class T>
+void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target, Index time,
+                Index target_len, Index b, Index blank, bool zero_infinity, T* loss, T* grad,
+                T scale, Scratch<T>& w) {
+  const Index B = shape.batch, C = shape.classes, L = 2 * target_len + 1;
+  extended_target(shape, log_probs, target, time, target_len, b, blank, w);
+  const T nll_raw = forward_variables(time, L, w);
   const bool impossible = nll_raw == std::numeric_limits<T>::infinity();
   const T nll = impossible && zero_infinity ? T(0) : nll_raw;
   *loss = nll;
@@ -124,54 +199,12 @@ void one_sample(const CtcShape& shape, const T* log_probs, const int64_t* target
         std::fill_n(grad + (t * B + b) * C, C, std::numeric_limits<T>::quiet_NaN());
     return;
   }
-
-  // beta: row t at beta + t * W, state s at [s] (pads at L, L + 1).
-  w.beta.assign(time * W, kNegInf);
-  T* beta = w.beta.data();
-  T* end = beta + (time - 1) * W;
-  end[L - 1] = w.emit[(time - 1) * L + L - 1];
-  if (L > 1) end[L - 2] = w.emit[(time - 1) * L + L - 2];
-  for (Index t = time - 2; t >= 0; --t) {
-    const T* next = beta + (t + 1) * W;
-    T* cur = beta + t * W;
-    const T* e = w.emit.data() + t * L;
-#pragma omp simd
-    for (Index s = 0; s < L; ++s)
-      cur[s] = e[s] + log_add3(next[s], next[s + 1], next[s + 2] + skip[s + 2]);
-  }
-
-  // Per frame and class: log of the summed alpha*beta over the states of that class, as a
-  // two-pass log-sum-exp (max, then sum) so that no class loses precision to another.
+  backward_variables(time, L, w);
   w.occ.resize(L);
   w.class_max.resize(C);
   w.class_sum.resize(C);
-  T* occ = w.occ.data();
-  T* cmax = w.class_max.data();
-  T* csum = w.class_sum.data();
-  for (Index t = 0; t < time; ++t) {
-    const T* a = alpha + t * W + 2;
-    const T* bt = beta + t * W;
-    std::fill_n(cmax, C, kNegInf);
-    std::fill_n(csum, C, T(0));
-#pragma omp simd
-    for (Index s = 0; s < L; ++s) occ[s] = a[s] + bt[s];
-    for (Index s = 0; s < L; ++s) cmax[lab[s]] = std::max(cmax[lab[s]], occ[s]);
-#pragma omp simd
-    for (Index s = 0; s < L; ++s) {
-      const T m = cmax[lab[s]];
-      occ[s] = act::exp_impl(occ[s] - (m == kNegInf ? T(0) : m));
-    }
-    for (Index s = 0; s < L; ++s) csum[lab[s]] += occ[s];
-    const T* y = row(t);
-    T* g = grad + (t * B + b) * C;
-#pragma omp simd
-    for (Index k = 0; k < C; ++k) {
-      // posterior of class k at frame t: exp(-inf), i.e. 0 (float: e^-87), for a class that
-      // no state of this target has (no select, so that the loop vectorises)
-      const T posterior = act::exp_impl(cmax[k] + log_impl(csum[k]) + nll - y[k]);
-      g[k] = scale * (act::exp_impl(y[k]) - posterior);
-    }
-  }
+  for (Index t = 0; t < time; ++t)
+    frame_gradient(t, L, C, log_probs + (t * B + b) * C, nll, scale, w, grad + (t * B + b) * C);
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 #include <cpuid.h>
 #endif
 
-#include "rnncore/sequence.hpp"
+#include "runtime_detail.hpp"
 
 namespace rnncore {
 
@@ -139,6 +139,8 @@ ThreadLimit::ThreadLimit(int n) : saved_(t_thread_limit) {
 }
 ThreadLimit::~ThreadLimit() { t_thread_limit = saved_; }
 
+namespace detail {
+
 void run_independent(const std::vector<std::function<void()>>& calls, bool each_single_threaded) {
   const int threads = get_num_threads();
   // Side by side also when there are no more threads than calls: each call then gets one
@@ -157,13 +159,13 @@ void run_independent(const std::vector<std::function<void()>>& calls, bool each_
   // share the caller's interruption, so a stop requested while one runs stops them all.
   std::vector<std::exception_ptr> errors(calls.size());
   const int team = int(std::min<std::size_t>(std::size_t(threads), calls.size()));
-  detail::Interruption* const interruption = detail::current_interruption();
+  Interruption* const interruption = current_interruption();
   const Precision precision = current_precision();
 #pragma omp parallel for num_threads(team) schedule(static, 1)
   for (std::size_t i = 0; i < calls.size(); ++i) {
     ThreadLimit one(1);
     PrecisionScope same_precision(precision);
-    detail::InterruptScope scope(interruption);
+    InterruptScope scope(interruption);
     try {
       calls[i]();
     } catch (...) {
@@ -173,5 +175,7 @@ void run_independent(const std::vector<std::function<void()>>& calls, bool each_
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
+
+}  // namespace detail
 
 }  // namespace rnncore

@@ -1,6 +1,7 @@
 // Cell-independent pieces of the stack driver (internal; defined in stack.cpp for float and
 // double): moving the two directions' columns in and out of a layer's output, dropout, and the
-// stand-ins for the biases of a layer built without them.
+// zero biases the forward of a layer built without them reads. (Its backward needs no stand-in:
+// the sequence driver skips the bias gradients a layer does not have.)
 #pragma once
 
 #include <vector>
@@ -24,9 +25,6 @@ void add_into(Index n, const T* src, T* dst);
 template <class T>
 void apply_dropout(const Dropout& dropout, Index layer, Index n, T* data);
 
-// std::invalid_argument unless 0 <= p < 1.
-void check_dropout(const Dropout& dropout);
-
 // Zero biases for a layer that has none (the sequence driver always reads biases).
 template <class T>
 class BiasFallback {
@@ -40,24 +38,6 @@ class BiasFallback {
 
  private:
   std::vector<T> zeros_;
-};
-
-// Where the bias gradients of a layer without biases go (one pair per direction, since the
-// two directions may run concurrently); their values are discarded.
-template <class T>
-class BiasSinks {
- public:
-  explicit BiasSinks(Index size) : size_(size), sink_(std::size_t(4 * size)) {}
-  LayerGradients<T> complete(LayerGradients<T> g, Index direction) {
-    T* pair = sink_.data() + 2 * direction * size_;
-    if (!g.db_ih) g.db_ih = pair;
-    if (!g.db_hh) g.db_hh = pair + size_;
-    return g;
-  }
-
- private:
-  Index size_;
-  std::vector<T> sink_;
 };
 
 }  // namespace detail

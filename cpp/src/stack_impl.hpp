@@ -2,23 +2,13 @@
 // cells.hpp. Included by the generated per-cell instantiation units (instantiate_cell.cpp.in).
 #pragma once
 
-#include <stdexcept>
-#include <string>
-
-#include "rnncore/runtime.hpp"
+#include "rnncore/detail/stack_checks.hpp"
 #include "rnncore/stack.hpp"
+#include "runtime_detail.hpp"
 #include "stack_helpers.hpp"
 
 namespace rnncore {
 namespace detail {
-
-inline void check_weight_count(const StackShape& shape, std::size_t count, const char* what) {
-  const std::size_t expected = std::size_t(shape.num_layers * shape.directions());
-  if (count != expected)
-    throw std::invalid_argument(std::string(what) + " holds " + std::to_string(count) +
-                                " layer-directions, expected num_layers * directions = " +
-                                std::to_string(expected));
-}
 
 // One layer, both directions (or the one), training or inference: reads `in` (T, B, I_l),
 // writes `out` (T, B, D*H) and the layer's entries of h_n / c_n.
@@ -61,7 +51,7 @@ void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Drop
                    T* c_n, StackWorkspace<T>* ws) {
   InterruptScope interruptible;  // one for all layers and directions of the call
   check_weight_count(shape, w.layers.size(), "weights");
-  check_dropout(dropout);
+  check_dropout(dropout.p);
   const Index L = shape.num_layers, D = shape.directions();
   const Index layer_outputs = shape.seq_len * shape.batch * D * shape.hidden_size;
   const BiasFallback<T> biases(Cell::kGates * shape.hidden_size);
@@ -102,7 +92,7 @@ void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Drop
 // One layer's BPTT, both directions: dout (T, B, D*H) or nullptr, din (T, B, I_l) or nullptr.
 template <class Cell, class T>
 void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer,
-                    const BiasFallback<T>& biases, BiasSinks<T>& sinks, const T* dout,
+                    const BiasFallback<T>& biases, const T* dout,
                     const T* dh_n, const T* dc_n, T* din, T* dh0, T* dc0,
                     const StackGradients<T>& grads) {
   const StackShape& shape = ws.shape;
@@ -113,7 +103,7 @@ void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer
     const Index s = Index(i) * state;
     backward<Cell, T>(biases.complete(w.layers[i]), ws.layers[i], dy, dh_n ? dh_n + s : nullptr,
                       dc_n ? dc_n + s : nullptr, dx, dh0 ? dh0 + s : nullptr,
-                      dc0 ? dc0 + s : nullptr, sinks.complete(grads.layers[i], d));
+                      dc0 ? dc0 + s : nullptr, grads.layers[i]);
   };
   if (D == 1) {
     run_direction(0, dout, din);
@@ -153,7 +143,6 @@ void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy
   if (!Cell::kHasCellState) dc_n = nullptr, dc0 = nullptr;
   const Index L = shape.num_layers, D = shape.directions();
   const BiasFallback<T> biases(Cell::kGates * shape.hidden_size);
-  BiasSinks<T> sinks(Cell::kGates * shape.hidden_size);
   const T* dout = dy;
   for (Index layer = L - 1; layer >= 0; --layer) {
     // Layer l's input gradient goes to dx for the first layer, else to a buffer that the next
@@ -164,7 +153,7 @@ void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy
       b.resize(shape.seq_len * shape.batch * shape.layer_input_size(layer));
       din = b.data();
     }
-    layer_backward<Cell, T>(w, ws, layer, biases, sinks, dout, dh_n, dc_n, din, dh0, dc0, grads);
+    layer_backward<Cell, T>(w, ws, layer, biases, dout, dh_n, dc_n, din, dh0, dc0, grads);
     if (layer > 0 && ws.dropout.p > 0)
       apply_dropout(ws.dropout, layer - 1, shape.seq_len * shape.batch * D * shape.hidden_size, din);
     dout = din;

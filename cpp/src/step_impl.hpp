@@ -1,7 +1,8 @@
 // The single-step engine (internal; the API is rnncore/step.hpp). Included by the per-cell
-// instantiation units next to the sequence driver, whose parts it reuses: the packed kernel, the
-// unit slices and per-slice packing of W_hh, the cell's pointwise forward and backward, and the
-// gate blocks of the weight gradients.
+// instantiation units next to the sequence driver, whose parts it reuses rather than repeats: the
+// unit slices and the per-slice packing of W_ih, b_ih and W_hh (sequence_common.hpp), the forward
+// step (sequence_forward.hpp), the backward step, the weight gradients and dx
+// (sequence_backward.hpp). What is its own: the packs kept across steps until set_weights.
 //
 // Forward of one step on P threads (P from the time loop's rule, time_loop_threads): thread p
 // owns the hidden units of slice p; it projects x onto its units' rows of W_ih (packed once per
@@ -18,7 +19,8 @@
 #include <vector>
 
 #include "rnncore/step.hpp"
-#include "sequence_impl.hpp"
+#include "sequence_backward.hpp"
+#include "sequence_forward.hpp"
 
 namespace rnncore {
 namespace detail {
@@ -149,36 +151,17 @@ class StepImpl final : public StepImplBase<T> {
     if (Phases > 1) doperand_.resize(B * H_);
     zeros_.resize(H_);
     std::fill(zeros_.begin(), zeros_.end(), T(0));
+    BackwardStepRows<T> rows;
+    rows.stash = stash, rows.stash_ld = stash_width;
+    rows.h_prev = h_prev, rows.h = h;
+    if (Cell::kHasCellState) rows.c_prev = c_prev, rows.c = c, rows.dc = dc_.data();
+    rows.dh = dh_.data(), rows.doperand = doperand_.data();
+    rows.peephole = peephole_.data(), rows.dpeephole = grads.dw_peephole;
+    const auto no_dy = [&](Index) -> const T* { return zeros_.data(); };  // a step has no output
+    const auto no_norm = [](Index) -> double* { return nullptr; };
     const auto run = [&](int t) {
-      const UnitSlice slice = packs.slices[t];
-      for_each_phase_reversed<Phases>([&](auto phase_constant) {
-        constexpr int phase = decltype(phase_constant)::value;
-        BackwardRow<T> row;
-        row.peephole = peephole_.data(), row.dpeephole = grads.dw_peephole, row.H = H_;
-        for (Index r = 0; r < B; ++r) {
-          row.stash = stash + r * stash_width;
-          row.dy = zeros_.data();
-          row.dh = dh_.data() + r * H_;
-          row.h_prev = h_prev + r * H_;
-          row.h = h + r * H_;
-          if (Cell::kHasCellState) {
-            row.dc = dc_.data() + r * H_;
-            row.c_prev = c_prev + r * H_;
-            row.c = c + r * H_;
-          }
-          if (Phases > 1) row.doperand = doperand_.data() + r * H_;
-#pragma omp simd
-          for (Index j = slice.begin; j < slice.end; ++j)
-            Cell::template backward<phase, T>(row, j);
-        }
-        if (threads > 1) {
-#pragma omp barrier
-        }
-        T* target = phase == 0 ? dh_.data() : doperand_.data();
-        const bool accumulate = phase == 0 ? Cell::kDirectHiddenGrad : false;
-        packed_gemm(B, stash + Cell::kPhaseFirstGate[phase] * H_, stash_width,
-                    packs.w_hh[t].phase[phase], target + slice.begin, H_, accumulate);
-      });
+      backward_step<Cell>(rows, B, H_, packs.slices[t], packs.w_hh[t].phase, threads > 1, no_dy,
+                          no_norm);
     };
     if (threads == 1) {
       run(0);
@@ -232,17 +215,11 @@ class StepImpl final : public StepImplBase<T> {
     packs->b_ih.resize(threads);
     for (int t = 0; t < threads; ++t) {
       const UnitSlice slice = packs->slices[t];
-      const Index width = slice.width;
-      const auto unit_row = [&](Index col) {
-        return w_ih_.data() + ((col / width) * H_ + slice.begin + col % width) * I_;
-      };
-      packs->w_ih[t].pack(G * width, I_, unit_row, 1);
+      pack_input_slice<Cell>(w_ih_.data(), I_, H_, slice, packs->w_ih[t]);
       pack_recurrent_slice<Cell>(w_hh_.data(), H_, slice, RecurrentProduct::kForward,
                                  packs->w_hh[t].phase);
-      packs->b_ih[t].resize(G * width);
-      for (Index g = 0; g < G; ++g)
-        std::memcpy(packs->b_ih[t].data() + g * width, b_ih_.data() + g * H_ + slice.begin,
-                    sizeof(T) * width);
+      packs->b_ih[t].resize(G * slice.width);
+      copy_bias_slice<Cell>(b_ih_.data(), H_, slice, packs->b_ih[t].data());
     }
     slot = std::move(packs);
     return *slot;
@@ -262,23 +239,17 @@ class StepImpl final : public StepImplBase<T> {
     return *slot;
   }
 
-  // dx = dG_x W_ih, gate block by gate block, with W_ih^T packed once per weights.
+  // dx = dG_x W_ih, gate block by gate block, with W_ih^T packed on first use after set_weights.
   void input_gradient(Index B, const T* stash, T* dx) {
-    const Index stash_width = S * H_;
-    if (input_t_.empty()) {
-      for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int end_gate) {
-        const T* block = w_ih_.data() + first_gate * H_ * I_;
+    std::size_t block = 0;
+    const auto transposed = [&](int first_gate, int end_gate) -> const PackedWeights<T>& {
+      if (block == input_t_.size()) {
         input_t_.emplace_back();
-        input_t_.back().pack(I_, (end_gate - first_gate) * H_, [&](Index col) { return block + col; },
-                             I_);
-      });
-    }
-    std::size_t b = 0;
-    for_each_gate_block<Cell>(WeightSide::kInput, [&](int first_gate, int) {
-      const T* dg = stash + gradient_slot<Cell>(first_gate, WeightSide::kInput) * H_;
-      parallel_packed_gemm(B, dg, stash_width, input_t_[b++], dx, I_, first_gate > 0,
-                           get_num_threads());
-    });
+        pack_input_transposed(w_ih_.data(), I_, H_, first_gate, end_gate, input_t_.back());
+      }
+      return input_t_[block++];
+    };
+    add_input_gradient_rows<Cell>(B, stash, H_, I_, transposed, dx, get_num_threads());
   }
 
   Index I_, H_;

@@ -13,7 +13,7 @@
 #include <mutex>
 
 #include "rnncore/common.hpp"
-#include "rnncore/runtime.hpp"
+#include "runtime_detail.hpp"
 
 namespace rnncore {
 namespace detail {

@@ -1,8 +1,6 @@
 // Thread control and interruption for every rnncore kernel.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
 #include <exception>
 
 namespace rnncore {
@@ -82,48 +80,4 @@ void set_interrupt_check(InterruptCheck check);
 // read the clock only every so many of them).
 inline constexpr double kInterruptPollSeconds = 0.02;
 
-namespace detail {
-
-// The interruption state of one top-level call, shared by every thread working for it.
-class Interruption {
- public:
-  bool requested() const { return stop_.load(std::memory_order_relaxed); }
-  // Runs the host's check (if any); true once it has said stop.
-  bool poll();
-
- private:
-  std::atomic<bool> stop_{false};
-};
-
-// The Interruption of the call this thread works for, or nullptr outside any call.
-Interruption* current_interruption();
-
-// While alive, makes `in` (or, when nullptr and there is none yet, a new one) this thread's
-// current Interruption; nested scopes share the outermost one.
-class InterruptScope {
- public:
-  explicit InterruptScope(Interruption* in = nullptr);
-  ~InterruptScope();
-  InterruptScope(const InterruptScope&) = delete;
-  InterruptScope& operator=(const InterruptScope&) = delete;
-  Interruption* get() const;
-
- private:
-  Interruption own_;
-  Interruption* saved_;
-};
-
-// Step counter of a time loop that says when enough time has passed to poll again: it reads the
-// clock only every `stride` steps and adapts the stride so that happens about every
-// kInterruptPollSeconds / 4, whatever a step costs (a step of a few hundred nanoseconds pays
-// about one clock read per thousand steps).
-class PollTimer {
- public:
-  bool due();
-
- private:
-  std::int64_t stride_ = 1, countdown_ = 1, last_check_ns_ = -1, last_poll_ns_ = -1;
-};
-
-}  // namespace detail
 }  // namespace rnncore

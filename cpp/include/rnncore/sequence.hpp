@@ -19,7 +19,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "rnncore/buffer.hpp"
@@ -115,11 +114,5 @@ void backward(const LayerWeights<T>& w, TrainingWorkspace<T>& ws, const T* dy, c
 // problems, where a barrier per step costs more than a second thread saves).
 template <class Cell, class T>
 int loop_threads(Index batch, Index hidden);
-
-// Runs independent calls (e.g. the two directions of a bidirectional layer): side by side, one
-// thread each, when each_single_threaded says none of them would use more than one thread, or
-// when there are no more threads than calls; otherwise one after another, each with all
-// threads. Exceptions are rethrown after all calls.
-void run_independent(const std::vector<std::function<void()>>& calls, bool each_single_threaded);
 
 }  // namespace rnncore

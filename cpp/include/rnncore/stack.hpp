@@ -5,7 +5,7 @@
 // output, the two directions side by side (forward first), after inter-layer dropout in training.
 // The two directions of a layer are independent and run concurrently, one thread each, when
 // neither would use more than one thread on its own (loop_threads) or when there are only two
-// threads; else one after the other with all threads (run_independent in sequence.hpp).
+// threads; else one after the other with all threads (run_independent, internal).
 //
 // Shapes (see common.hpp; L = num_layers, D = 2 if bidirectional else 1):
 //   x (T, B, I)             input
