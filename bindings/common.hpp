@@ -3,7 +3,8 @@
 //   - constructor arguments: the sizes of a stack, the dtype (float32 | float64), the precision;
 //   - numpy arguments: dtype, shape, layout and writeability, with messages that name the
 //     argument, the expected and the actual value; output allocation;
-//   - the parameter (or gradient) arrays of every layer-direction, read by PyTorch's names;
+//   - the parameter (or gradient) arrays of every layer-direction, read by PyTorch's names, and
+//     the properties both Stack classes show;
 //   - the per-object lock taken without holding the GIL, and C++ calls run without the GIL with
 //     Ctrl-C turned into KeyboardInterrupt.
 // No arithmetic here or anywhere in bindings/.
@@ -23,6 +24,7 @@
 #include "rnncore/cells.hpp"
 #include "rnncore/common.hpp"
 #include "rnncore/runtime.hpp"
+#include "rnncore/stack.hpp"
 
 namespace rnncore::bindings {
 
@@ -38,12 +40,20 @@ inline std::string shape_str(const std::vector<Index>& s) {
 
 // ---- constructor arguments ----------------------------------------------------------------------
 
-// ValueError unless the sizes of a stack are positive.
-inline void check_stack_sizes(Index input_size, Index hidden_size, Index num_layers) {
+// The shape of a stack (seq_len and batch come with each call); ValueError unless the sizes are
+// positive.
+inline StackShape stack_shape(Index input_size, Index hidden_size, Index num_layers,
+                              bool bidirectional) {
   if (input_size <= 0 || hidden_size <= 0 || num_layers <= 0)
     throw py::value_error("input_size, hidden_size and num_layers must be positive, got " +
                           std::to_string(input_size) + ", " + std::to_string(hidden_size) + ", " +
                           std::to_string(num_layers));
+  StackShape shape;
+  shape.input_size = input_size;
+  shape.hidden_size = hidden_size;
+  shape.num_layers = num_layers;
+  shape.bidirectional = bidirectional;
+  return shape;
 }
 
 // true for float64, false for float32; ValueError for any other dtype.
@@ -187,6 +197,17 @@ auto dict_arrays(const py::dict& d, const char* what, bool writeable,
     keep.push_back(std::move(a));
     return data;
   };
+}
+
+// ---- what both Stack classes show Python --------------------------------------------------------
+
+// The read-only properties _core.Stack and _cuda.Stack share, by the same names.
+template <class Stack, class... Options>
+py::class_<Stack, Options...>& def_stack_properties(py::class_<Stack, Options...>& cls) {
+  return cls.def_property_readonly("ready", &Stack::ready)
+      .def_property_readonly("nbytes", &Stack::nbytes)
+      .def_property_readonly("cell", &Stack::cell)
+      .def_property_readonly("dtype", &Stack::dtype);
 }
 
 // ---- the GIL ------------------------------------------------------------------------------------

@@ -31,10 +31,11 @@ namespace rc = rnncore::cuda;
 
 namespace {
 
-using rnncore::bindings::check_stack_sizes;
+using rnncore::bindings::def_stack_properties;
 using rnncore::bindings::is_float64;
 using rnncore::bindings::read_stack_arrays;
 using rnncore::bindings::shape_str;
+using rnncore::bindings::stack_shape;
 
 struct Desc {
   std::uintptr_t ptr = 0;
@@ -94,14 +95,9 @@ class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype)
-      : info_(rnncore::find_cell(cell)) {
-    check_stack_sizes(input_size, hidden_size, num_layers);
-    shape_.input_size = input_size;
-    shape_.hidden_size = hidden_size;
-    shape_.num_layers = num_layers;
-    shape_.bidirectional = bidirectional;
-    double_ = is_float64(dtype);
-  }
+      : info_(rnncore::find_cell(cell)),
+        shape_(stack_shape(input_size, hidden_size, num_layers, bidirectional)),
+        double_(is_float64(dtype)) {}
 
   // x: (T, B, I) descriptor; params: name -> descriptor; h0, c0: (L*D, B, H) or None; lengths:
   // a host int64 numpy array (B,) or None; y, h_n, c_n: output descriptors (c_n None for cells
@@ -247,7 +243,8 @@ class Stack {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "rnncore's CUDA stack driver (device arrays as (pointer, shape, dtype, device))";
-  py::class_<Stack>(m, "Stack")
+  py::class_<Stack> stack(m, "Stack");
+  stack
       .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&>(),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false,
@@ -259,11 +256,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def("backward", &Stack::backward, py::arg("params"), py::arg("grads"), py::arg("dy"),
            py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"),
            py::arg("stream"),
-           "Queues BPTT through the last training forward (consumed); ADDS into grads.")
-      .def_property_readonly("ready", &Stack::ready)
-      .def_property_readonly("nbytes", &Stack::nbytes)
-      .def_property_readonly("cell", &Stack::cell)
-      .def_property_readonly("dtype", &Stack::dtype)
+           "Queues BPTT through the last training forward (consumed); ADDS into grads.");
+  def_stack_properties(stack)
       .def_property_readonly("pending", &Stack::pending)
       .def("release", &Stack::release, "Frees the device memory the stack holds.");
   m.def("device_count", &rc::device_count, "CUDA devices the runtime sees (0 without a driver).");

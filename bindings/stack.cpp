@@ -28,12 +28,8 @@ class Stack {
  public:
   Stack(const std::string& cell, Index input_size, Index hidden_size, Index num_layers,
         bool bidirectional, const py::object& dtype, const std::string& precision)
-      : info_(rnncore::find_cell(cell)) {
-    check_stack_sizes(input_size, hidden_size, num_layers);
-    shape_.input_size = input_size;
-    shape_.hidden_size = hidden_size;
-    shape_.num_layers = num_layers;
-    shape_.bidirectional = bidirectional;
+      : info_(rnncore::find_cell(cell)),
+        shape_(stack_shape(input_size, hidden_size, num_layers, bidirectional)) {
     const bool float64 = is_float64(dtype);
     if (float64) workspace_.emplace<rnncore::StackWorkspace<double>>();
     precision_ = parse_precision(precision, float64);
@@ -192,9 +188,10 @@ class Stack {
 }  // namespace
 
 void bind_stack(py::module_& m) {
-  py::class_<Stack>(m, "Stack",
-                    "num_layers x directions of one registry cell over whole sequences; owns the "
-                    "workspace a training forward fills and backward consumes.")
+  py::class_<Stack> stack(m, "Stack",
+                          "num_layers x directions of one registry cell over whole sequences; "
+                          "owns the workspace a training forward fills and backward consumes.");
+  stack
       .def(py::init<const std::string&, Index, Index, Index, bool, const py::object&,
                     const std::string&>(),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"),
@@ -219,11 +216,8 @@ void bind_stack(py::module_& m) {
            "(dx (T, B, I), dh0, dc0 or None). grad_norms=True also records ||dL/dh_t|| of every "
            "layer-direction (the grad_norms property).")
       .def_property_readonly("grad_norms", &Stack::grad_norms,
-                             "(L*D, T) float64 ||dL/dh_t|| from the last backward(grad_norms=True), or None")
-      .def_property_readonly("ready", &Stack::ready)
-      .def_property_readonly("nbytes", &Stack::nbytes)
-      .def_property_readonly("cell", &Stack::cell)
-      .def_property_readonly("dtype", &Stack::dtype)
+                             "(L*D, T) float64 ||dL/dh_t|| from the last backward(grad_norms=True), or None");
+  def_stack_properties(stack)
       .def_property_readonly("precision", &Stack::precision)
       .def("release", &Stack::release, "Frees the workspace.");
 }

@@ -63,6 +63,9 @@ RNNCORE_HD T log_add3(T a, T b, T c) {
   return (shift + log_impl(sum)) + (m - shift);
 }
 
+template <class T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
 // The buffers of one sample; reused across the samples a thread handles. alpha and beta rows
 // carry two -inf pads (alpha before s = 0, beta after s = L - 1) so the recursions read their
 // neighbours without branches; skip[s] is 0 where alpha may come from s - 2 and -inf where not.
@@ -82,10 +85,9 @@ struct Scratch {
 template <class T>
 void extended_target(const CtcShape& shape, const T* log_probs, const int64_t* target,
                      Index time, Index target_len, Index b, Index blank, Scratch<T>& w) {
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const Index B = shape.batch, C = shape.classes, L = 2 * target_len + 1, W = L + 2;
   w.label.assign(L, blank);
-  w.skip.assign(W, kNegInf);
+  w.skip.assign(W, kNegInf<T>);
   for (Index s = 1; s < L; s += 2) {
     w.label[s] = Index(target[s / 2]);
     if (s >= 2 && w.label[s] != w.label[s - 2]) w.skip[s] = 0;
@@ -96,15 +98,20 @@ void extended_target(const CtcShape& shape, const T* log_probs, const int64_t* t
     for (Index s = 0; s < L; ++s) w.emit[t * L + s] = log_probs[(t * B + b) * C + lab[s]];
 }
 
+// A (time, L + 2) table of log-probabilities (alpha or beta), all -inf to begin with.
+template <class T>
+T* fresh_trellis(std::vector<T>& table, Index time, Index L) {
+  table.assign(time * (L + 2), kNegInf<T>);
+  return table.data();
+}
+
 // The forward variables (alpha: row t at alpha + t * W, state s at [s + 2]); returns the
 // negative log-likelihood, +inf when no alignment exists.
 template <class T>
 T forward_variables(Index time, Index L, Scratch<T>& w) {
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const Index W = L + 2;
   const T* skip = w.skip.data();
-  w.alpha.assign(time * W, kNegInf);
-  T* alpha = w.alpha.data();
+  T* alpha = fresh_trellis(w.alpha, time, L);
   alpha[2] = w.emit[0];
   if (L > 1) alpha[3] = w.emit[1];
   for (Index t = 1; t < time; ++t) {
@@ -116,17 +123,15 @@ T forward_variables(Index time, Index L, Scratch<T>& w) {
       cur[s] = e[s] + log_add3(prev[s + 2], prev[s + 1], prev[s] + skip[s]);
   }
   const T* last = alpha + (time - 1) * W + 2;
-  return -(L > 1 ? log_add3(last[L - 1], last[L - 2], kNegInf) : last[0]);
+  return -(L > 1 ? log_add3(last[L - 1], last[L - 2], kNegInf<T>) : last[0]);
 }
 
 // The backward variables (beta: row t at beta + t * W, state s at [s], pads at L, L + 1).
 template <class T>
 void backward_variables(Index time, Index L, Scratch<T>& w) {
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const Index W = L + 2;
   const T* skip = w.skip.data();
-  w.beta.assign(time * W, kNegInf);
-  T* beta = w.beta.data();
+  T* beta = fresh_trellis(w.beta, time, L);
   T* end = beta + (time - 1) * W;
   end[L - 1] = w.emit[(time - 1) * L + L - 1];
   if (L > 1) end[L - 2] = w.emit[(time - 1) * L + L - 2];
@@ -145,7 +150,6 @@ void backward_variables(Index time, Index L, Scratch<T>& w) {
 // log-sum-exp (max, then sum) so that no class loses precision to another.
 template <class T>
 void frame_gradient(Index t, Index L, Index C, const T* y, T nll, T scale, Scratch<T>& w, T* g) {
-  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const Index W = L + 2;
   const Index* lab = w.label.data();
   T* occ = w.occ.data();
@@ -153,7 +157,7 @@ void frame_gradient(Index t, Index L, Index C, const T* y, T nll, T scale, Scrat
   T* csum = w.class_sum.data();
   const T* a = w.alpha.data() + t * W + 2;
   const T* bt = w.beta.data() + t * W;
-  std::fill_n(cmax, C, kNegInf);
+  std::fill_n(cmax, C, kNegInf<T>);
   std::fill_n(csum, C, T(0));
 #pragma omp simd
   for (Index s = 0; s < L; ++s) occ[s] = a[s] + bt[s];
@@ -161,7 +165,7 @@ void frame_gradient(Index t, Index L, Index C, const T* y, T nll, T scale, Scrat
 #pragma omp simd
   for (Index s = 0; s < L; ++s) {
     const T m = cmax[lab[s]];
-    occ[s] = act::exp_impl(occ[s] - (m == kNegInf ? T(0) : m));
+    occ[s] = act::exp_impl(occ[s] - (m == kNegInf<T> ? T(0) : m));
   }
   for (Index s = 0; s < L; ++s) csum[lab[s]] += occ[s];
 #pragma omp simd
