@@ -85,11 +85,22 @@ inline std::vector<Index> shape_of(const py::array& a) {
   return std::vector<Index>(a.shape(), a.shape() + a.ndim());
 }
 
-// dtype equality by value (a dtype that went through pickle is equal but not the same object).
+// dtype equality by value (a dtype that went through pickle is equal but not the same object),
+// byte order included: a big-endian '>f4' array has float32's kind and size, but its bytes read
+// as native floats are garbage (numpy's PyArray_EquivTypes compares the byte order too).
 template <class T>
 bool has_dtype(const py::array& a) {
-  return a.dtype().kind() == py::dtype::of<std::remove_const_t<T>>().kind() &&
-         a.itemsize() == Index(sizeof(T));
+  return a.dtype().equal(py::dtype::of<std::remove_const_t<T>>());
+}
+
+// What a dtype's name hides: a byte order other than the machine's ('>f4' prints as float32).
+inline std::string dtype_note(const py::array& a) {
+  const char order = py::cast<char>(a.dtype().attr("byteorder"));
+  return order == '<' || order == '>' ? " in " + std::string(order == '>' ? "big" : "little") +
+                                            "-endian byte order ('" +
+                                            std::string(py::str(a.dtype().attr("str"))) +
+                                            "'; convert it with .astype(its dtype.newbyteorder('='))"
+                                      : "";
 }
 
 // A C-contiguous array of element type T and exactly this shape, or a ValueError/TypeError
@@ -103,12 +114,14 @@ T* checked(const py::handle& obj, const std::string& name, const std::vector<Ind
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!has_dtype<T>(a))
     throw py::type_error(name + " must have dtype " +
-                         std::string(py::str(py::dtype::of<std::remove_const_t<T>>())) +
-                         ", got " + std::string(py::str(a.dtype())));
+                         std::string(py::str(py::dtype::of<std::remove_const_t<T>>())) + ", got " +
+                         std::string(py::str(a.dtype())) + dtype_note(a));
   if (shape_of(a) != shape)
     throw py::value_error(name + " must have shape " + shape_str(shape) + ", got " +
                           shape_str(shape_of(a)));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))  // e.g. np.frombuffer at an odd offset
+    throw py::value_error(name + " must be aligned to its element size (copy it first)");
   if (writeable && !a.writeable()) throw py::value_error(name + " must be writeable");
   return static_cast<T*>(const_cast<void*>(a.data()));
 }

@@ -19,7 +19,7 @@ const T* input(const py::array& a, const char* name, std::vector<Index> shape) {
   if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) +
-                         ", got " + std::string(py::str(a.dtype())));
+                         ", got " + std::string(py::str(a.dtype())) + dtype_note(a));
   bool same = a.ndim() == py::ssize_t(shape.size());
   for (size_t i = 0; same && i < shape.size(); ++i) same = shape[i] < 0 || a.shape(i) == shape[i];
   if (!same)
@@ -28,6 +28,8 @@ const T* input(const py::array& a, const char* name, std::vector<Index> shape) {
                           "log_probs (T, B, C))");
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + " must be aligned to its element size (copy it first)");
   return static_cast<const T*>(a.data());
 }
 

@@ -84,6 +84,15 @@ class Stack {
   std::unique_lock<std::mutex> lock_without_gil() { return bindings::lock_without_gil(mutex_); }
 
   Index directions() const { return shape_.directions(); }
+  // "Stack.forward (training) of lstm: T=100, B=64, I=256, H=256, 2 layers, bidirectional", the
+  // call a MemoryError names.
+  std::string describe(const char* what, const rnncore::StackShape& s) const {
+    return "Stack." + std::string(what) + " of " + info_.name + ": T=" +
+           std::to_string(s.seq_len) + ", B=" + std::to_string(s.batch) + ", I=" +
+           std::to_string(s.input_size) + ", H=" + std::to_string(s.hidden_size) + ", " +
+           std::to_string(s.num_layers) + (s.num_layers == 1 ? " layer" : " layers") +
+           (s.bidirectional ? ", bidirectional" : "");
+  }
   Index entries() const { return shape_.num_layers * directions(); }
 
   // The parameters (or, with `gradient`, the gradient arrays) of every layer-direction, found
@@ -124,6 +133,7 @@ class Stack {
     const rnncore::Dropout drop{dropout, seed};
     run_without_gil([&] {
       const rnncore::PrecisionScope precision(precision_);
+      const rnncore::AllocationCall call(describe(training ? "forward (training)" : "forward", shape));
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         if (training)
@@ -161,6 +171,7 @@ class Stack {
     ws.record_grad_norms = record_grad_norms;
     run_without_gil([&] {
       const rnncore::PrecisionScope precision(precision_);
+      const rnncore::AllocationCall call(describe("backward", shape));
       rnncore::with_cell(info_.name, [&](auto tag) {
         using Cell = typename decltype(tag)::type;
         rnncore::backward<Cell, T>(w, ws, dyp, dhnp, dcnp, dxp, dh0p, dc0p, g);

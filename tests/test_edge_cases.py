@@ -332,3 +332,23 @@ def test_nan_stays_in_its_sample(cell, dtype, rng):
     for a, b in zip(state_tuple(cell, st), state_tuple(cell, st_clean)):
         np.testing.assert_array_equal(a[:, others], b[:, others])
     assert np.isnan(y[:, 1]).any()
+
+
+def test_the_core_refuses_non_native_byte_order_and_misaligned_arrays():
+    # The bindings' last line of defence (the Python layer converts before): a '>f4' array has
+    # float32's kind and size, and its bytes read as native floats would be garbage.
+    from rnncore._ext import core
+    stack = core.Stack("gru", 3, 4)
+    m = rnncore.GRU(3, 4, seed=0)
+    x = np.ones((2, 1, 3), np.float32)
+    with pytest.raises(TypeError, match=r"x must have dtype float32, got >f4 in big-endian byte order"):
+        stack.forward(x.astype(">f4"), m.params)
+    raw = np.zeros(2 * 3 * 4 + 1, np.uint8).tobytes()
+    odd = np.frombuffer(raw, np.float32, count=6, offset=1).reshape(2, 1, 3)
+    assert not odd.flags.aligned
+    with pytest.raises(ValueError, match="x must be aligned"):
+        stack.forward(odd, m.params)
+    with pytest.raises(TypeError, match=r"got >f8 in big-endian byte order"):
+        core.matmul(np.ones((2, 2), ">f8"), np.ones((2, 2), ">f8"))
+    y, _, _ = stack.forward(x, m.params)  # the native array computes
+    assert np.array_equal(y, m.eval()(x)[0])

@@ -193,6 +193,36 @@ def test_memory_error_instead_of_abort_under_an_address_space_limit():
     assert "usable" in proc.stdout
 
 
+@pytest.mark.skipif(UNDER_ASAN, reason="AddressSanitizer reserves terabytes of address space, so "
+                    "an address-space limit cannot be set under it")
+def test_memory_error_names_what_did_not_fit():
+    """A MemoryError from the C++ engine names the buffer, its size in bytes and values, and the
+    call with its shape (issue 20 item 7), where it used to say only `std::bad_alloc`."""
+    proc = run_python("""
+        import resource, numpy as np, rnncore
+        rnncore.set_num_threads(1)
+        m = rnncore.GRU(64, 64, seed=0)                  # training forward: a T*B-row workspace
+        x = np.ones((4096, 64, 64), np.float32)          # 64 MiB of input; the stash is 3x that
+        vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 96 * 2**20, hard))
+        try:
+            m(x)
+            print("no error")
+        except MemoryError as e:
+            print("MemoryError:", e)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    """)
+    assert_clean_exit(proc)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("MemoryError:")]
+    assert line, proc.stdout
+    text = line[0]
+    assert "rnncore could not allocate" in text and "bytes" in text and "values" in text, text
+    assert "the training workspace" in text, text
+    assert "Stack.forward (training) of gru: T=4096, B=64, I=64, H=64, 1 layer" in text, text
+
+
 # ---- 4. Ctrl-C --------------------------------------------------------------------------------
 
 SIGINT_CHILD = """

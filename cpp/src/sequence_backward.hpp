@@ -225,7 +225,7 @@ const T* previous_hidden_rows(const TrainingWorkspace<T>& ws, Buffer<T>& storage
   const Schedule& sc = ws.schedule;
   const Index B = sc.batch, H = ws.shape.hidden_size;
   if (!sc.ragged || sc.rows == 0) return ws.h.data();
-  storage.resize(sc.rows * H);
+  named_resize(storage, sc.rows * H, "backward's previous hidden states (T*B rows x H)");
   for (Index s = 0; s < sc.steps; ++s) {
     const Index prev = s == 0 ? 0 : B + sc.offsets[s - 1];
     std::memcpy(storage.data() + sc.offsets[s] * H, ws.h.data() + prev * H,

@@ -58,10 +58,12 @@ void record_training_inputs(const ForwardCall<T>& call, TrainingWorkspace<T>& ws
   const Index B = sc.batch, I = call.shape.input_size, H = call.shape.hidden_size, N = sc.rows;
   const Index stash_width = Cell::kStashSlots * H;
   const int max_threads = get_num_threads();
-  ws.x.resize(N * I);
-  ws.stash.resize(N * stash_width);
-  ws.h.resize((B + N) * H);
-  if (Cell::kHasCellState) ws.c.resize((B + N) * H);
+  named_resize(ws.x, N * I, "the training workspace's inputs (T*B rows x I)");
+  named_resize(ws.stash, N * stash_width,
+               "the training workspace's gate stash (T*B rows x stash slots * H)");
+  named_resize(ws.h, (B + N) * H, "the training workspace's hidden states ((T+1)*B rows x H)");
+  if (Cell::kHasCellState)
+    named_resize(ws.c, (B + N) * H, "the training workspace's cell states ((T+1)*B rows x H)");
 #pragma omp parallel num_threads(max_threads) if (max_threads > 1 && N * I > kMinValuesPerThread)
   gather_steps(sc, 0, sc.steps, call.x, I, ws.x.data(), omp_get_thread_num(),
                omp_get_num_threads());
@@ -131,8 +133,8 @@ struct InferenceBuffers {
       c.resize(B * H);
       gather_state(sc, H, call.c0, c.data());
     }
-    x_chunk.resize(chunk_rows * I);
-    gx.resize(split.threads * chunk_rows * G * widest);
+    named_resize(x_chunk, chunk_rows * I, "inference's input chunk");
+    named_resize(gx, split.threads * chunk_rows * G * widest, "inference's projected input chunk");
     b_ih.resize(split.threads > 1 ? split.threads * G * widest : 0);
     stash.resize(multi_phase ? B * Cell::kStashSlots * H : 0);
     operand.resize(multi_phase ? B * H : 0);

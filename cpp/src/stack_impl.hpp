@@ -37,7 +37,7 @@ void layer_forward(const StackShape& shape, Index layer, const StackWeights<T>& 
     run_direction(0, out);
     return;
   }
-  direction_outputs.resize(2 * outputs);
+  named_resize(direction_outputs, 2 * outputs, "the two directions' outputs (2 x T*B x H)");
   T* y_forward = direction_outputs.data();
   T* y_reverse = y_forward + outputs;
   run_independent({[&] { run_direction(0, y_forward); }, [&] { run_direction(1, y_reverse); }},
@@ -78,7 +78,7 @@ void stack_forward(const StackShape& shape, const StackWeights<T>& w, const Drop
   for (Index layer = 0; layer < L; ++layer) {
     T* out = y;
     if (layer + 1 < L) {
-      between[layer % 2].resize(layer_outputs);
+      named_resize(between[layer % 2], layer_outputs, "a layer's output (T*B rows x D*H)");
       out = between[layer % 2].data();
     }
     layer_forward<Cell, T, kTrain>(shape, layer, w, biases, in, h0, c0, lengths, out, h_n, c_n,
@@ -113,7 +113,7 @@ void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer
   const T* dy_reverse = nullptr;
   if (dout) {
     Buffer<T>& split = ws.direction_buffers[0];
-    split.resize(2 * outputs);
+    named_resize(split, 2 * outputs, "the output gradient split by direction (2 x T*B x H)");
     deinterleave_directions(shape.seq_len * shape.batch, shape.hidden_size, dout, split.data(),
                             split.data() + outputs);
     dy_forward = split.data();
@@ -121,7 +121,8 @@ void layer_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, Index layer
   }
   T* dx_reverse = nullptr;
   if (din) {
-    ws.direction_buffers[1].resize(shape.seq_len * shape.batch * shape.layer_input_size(layer));
+    named_resize(ws.direction_buffers[1], shape.seq_len * shape.batch * shape.layer_input_size(layer),
+                 "the reverse direction's input gradient (T*B rows x the layer's input)");
     dx_reverse = ws.direction_buffers[1].data();
   }
   run_independent({[&] { run_direction(0, dy_forward, din); },
@@ -150,7 +151,8 @@ void stack_backward(const StackWeights<T>& w, StackWorkspace<T>& ws, const T* dy
     T* din = dx;
     if (layer > 0) {
       Buffer<T>& b = ws.between[layer % 2];
-      b.resize(shape.seq_len * shape.batch * shape.layer_input_size(layer));
+      named_resize(b, shape.seq_len * shape.batch * shape.layer_input_size(layer),
+                   "a layer's input gradient (T*B rows x its input)");
       din = b.data();
     }
     layer_backward<Cell, T>(w, ws, layer, biases, dout, dh_n, dc_n, din, dh0, dc0, grads);

@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "barrier.hpp"
+#include "rnncore/buffer.hpp"
 #include "rnncore/common.hpp"
 #include "runtime_detail.hpp"
 
@@ -26,6 +27,8 @@ class ErrorSlot {
   // weights a worker thread packs follow the call's setting.
   template <class F>
   void guard(F&& f) noexcept {
+    const std::string* thread_call = detail::t_allocation.call;
+    detail::t_allocation.call = call_;  // a worker's allocations name the caller's call
     try {
       PrecisionScope call_precision(precision_);
       f();
@@ -34,6 +37,7 @@ class ErrorSlot {
       if (!error_) error_ = std::current_exception();
       failed_.store(true, std::memory_order_relaxed);
     }
+    detail::t_allocation.call = thread_call;
   }
   // Whether some thread's guard caught an exception (complete once the threads have met at a
   // barrier or the region has ended).
@@ -48,6 +52,7 @@ class ErrorSlot {
   std::exception_ptr error_;
   std::atomic<bool> failed_{false};
   Precision precision_ = current_precision();
+  const std::string* call_ = detail::t_allocation.call;
 };
 
 // part(p) for p = 0 .. parts-1, one part per thread of a team of `parts` threads (no team when
