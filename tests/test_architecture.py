@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "python" / "rnncore"
 
-BASE = {"rnncore._ext", "rnncore._interop"}
+BASE = {"rnncore._ext", "rnncore._interop", "rnncore._typing"}
 # layer -> the layers (module-name prefixes) it may import from
 ALLOWED = {
     "nn": ("rnncore.nn",),
@@ -44,7 +44,8 @@ def compiled(module):
 def layer_of(module):
     """'rnncore.nn.cells' -> 'nn'; the doors -> 'doors'; the face and _ext/_interop -> None."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("_ext", "_interop", "__main__") or compiled(module):
+    if len(parts) == 1 or parts[1] in ("_ext", "_interop", "_typing", "__main__") \
+            or compiled(module):
         return None
     if parts[1] in DOORS:
         return "doors"

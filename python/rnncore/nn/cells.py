@@ -8,10 +8,12 @@ the gradient flowing into each step's new state. Parameter names are PyTorch's c
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnncore._ext import core
+from rnncore._typing import Array, ArrayLike, DTypeLike, LSTMState
 from rnncore.nn import module as _base
 from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
@@ -223,8 +225,9 @@ class RNNCell(_CellBase):
     """One step of h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
     variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -234,24 +237,38 @@ class RNNCell(_CellBase):
     def _identity_init(self):
         return self.nonlinearity == "relu"
 
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def __call__(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def backward(self, dstate: ArrayLike) -> tuple[Array, Array]: ...
+
 
 class LSTMCell(_CellBase):
     """One LSTM step; state (h, c). peephole=True adds diagonal peepholes."""
     variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
     _has_cell_state = True
 
-    def __init__(self, input_size, hidden_size, bias=True, peephole=False, dtype=np.float32,
-                 seed=None, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 peephole: bool = False, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         self.peephole = bool(peephole)
         super().__init__(_registry.select(LSTMCell, peephole=self.peephole), input_size,
                          hidden_size, bias, dtype, seed, precision)
+
+    if TYPE_CHECKING:  # what mypy sees: the state is the pair (h, c)
+        def forward(self, x: ArrayLike, state: tuple[ArrayLike, ArrayLike] | None = None
+                    ) -> LSTMState: ...
+        def __call__(self, x: ArrayLike, state: tuple[ArrayLike, ArrayLike] | None = None
+                     ) -> LSTMState: ...
+        def backward(self, dstate: tuple[ArrayLike, ArrayLike]) -> tuple[Array, LSTMState]: ...
 
 
 class PeepholeLSTMCell(LSTMCell):
     """LSTMCell(..., peephole=True)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 precision: str = "float32") -> None:
         super().__init__(input_size, hidden_size, bias, peephole=True, dtype=dtype, seed=seed,
                          precision=precision)
 
@@ -260,8 +277,14 @@ class GRUCell(_CellBase):
     """One GRU step; reset_after selects the candidate form (see rnncore.GRU)."""
     variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
-    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32,
-                 seed=None, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 reset_after: bool = True, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         self.reset_after = bool(reset_after)
         super().__init__(_registry.select(GRUCell, reset_after=self.reset_after), input_size,
                          hidden_size, bias, dtype, seed, precision)
+
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def __call__(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def backward(self, dstate: ArrayLike) -> tuple[Array, Array]: ...

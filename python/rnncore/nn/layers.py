@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from rnncore._ext import core
+from rnncore._typing import Array, ArrayLike, DTypeLike
 from rnncore.nn.module import (
     Module,
     Tape,
@@ -75,7 +76,8 @@ class Linear(_Layer):
     threads, which would compete with them for the cores; the tape is a reference to the
     forward's input, not a copy)."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
         super().__init__(dtype)
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
@@ -89,7 +91,7 @@ class Linear(_Layer):
         if self.bias:
             self._add_param("bias", uniform(rng, k, (self.out_features,), self.dtype))
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Array:
         """x (..., in_features) -> y (..., out_features)."""
         x = as_array("x", x, self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -103,7 +105,7 @@ class Linear(_Layer):
         self._record(out_shape, x2)
         return y.reshape(out_shape)
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Array:
         """dy (..., out_features) -> dx (..., in_features); adds dW and db into grads."""
         with self._lock:
             dy, x2 = self._consume(dy)
@@ -163,8 +165,8 @@ class Embedding(_Layer):
     see scatter_add_rows); there is no gradient w.r.t. the integer input, backward returns None.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32,
-                 seed=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
         super().__init__(dtype)
         self.num_embeddings = positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = positive_int("embedding_dim", embedding_dim)
@@ -195,7 +197,7 @@ class Embedding(_Layer):
                              f"got {int(a[where])} at position {tuple(int(i) for i in where)}")
         return a.astype(np.intp, copy=False)
 
-    def forward(self, indices):
+    def forward(self, indices: ArrayLike) -> Array:
         """indices (...) int -> y (..., embedding_dim)."""
         a = self._check_indices(indices)
         y = np.take(self.params["weight"], a, axis=0)
@@ -203,7 +205,7 @@ class Embedding(_Layer):
         self._record(y.shape, a.reshape(-1).copy() if self._recording() else None)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> None:
         """dy (..., embedding_dim): adds into grads["weight"]; returns None."""
         with self._lock:
             dy, rows = self._consume(dy)
@@ -227,7 +229,8 @@ class Dropout(_Layer):
     with p = 0) y = x. Backward: dx = dy * m / (1 - p) with the forward's mask (kept as one
     byte per element)."""
 
-    def __init__(self, p=0.5, seed=None, dtype=np.float32):
+    def __init__(self, p: float = 0.5, seed: int | None = None,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__(dtype)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p (the drop probability) must lie in [0, 1], got {p!r}")
@@ -237,7 +240,7 @@ class Dropout(_Layer):
     def _scale(self):
         return 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Array:
         x = as_array("x", x, self.dtype)
         if not self._recording() or self.p == 0.0:
             self._record(x.shape, None)
@@ -248,7 +251,7 @@ class Dropout(_Layer):
         self._record(x.shape, keep)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Array:
         """dy (shape of x) -> dx."""
         with self._lock:
             dy, keep = self._consume(dy)
@@ -274,7 +277,8 @@ class LayerNorm(_Layer):
         dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
     The tape is xhat and 1/sqrt(var + eps) (one array the size of x, one value per row)."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__(dtype)
         if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (normalized_shape,)
@@ -295,7 +299,7 @@ class LayerNorm(_Layer):
             self._add_param("weight", np.ones(self.normalized_shape))
             self._add_param("bias", np.zeros(self.normalized_shape))
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Array:
         """x (..., *normalized_shape) -> y of the same shape."""
         x = as_array("x", x, self.dtype)
         k = len(self.normalized_shape)
@@ -317,7 +321,7 @@ class LayerNorm(_Layer):
         self._record(x.shape, xhat, rstd)
         return y.reshape(x.shape)
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Array:
         """dy (shape of x) -> dx; adds dweight, dbias into grads."""
         F = self._features
         with self._lock:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from rnncore._typing import ArrayLike
 from rnncore.nn.module import Module, check_keys, parameters_changed, to_numpy
 
 
@@ -39,7 +42,7 @@ class Model(Module):
     names (weight tying) appears under both names; optimisers and num_parameters() count each
     array once. Subclasses call super().__init__() first and define forward (and backward)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Module.__init__ is not called: params / grads are views of the children here
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
@@ -73,14 +76,14 @@ class Model(Module):
         else:
             object.__delattr__(self, name)
 
-    def add_module(self, name, module):
+    def add_module(self, name: str, module: Module) -> Module:
         """Registers `module` under `name` (for names made in a loop); same as setattr."""
         if not isinstance(module, Module):
             raise TypeError(f"module must be an rnncore Module, got {type(module).__name__}")
         setattr(self, _check_child_name(name), module)
         return module
 
-    def named_children(self):
+    def named_children(self) -> list[tuple[str, Module]]:
         """[(name, module)] in registration order."""
         return list(self._modules.items())
 
@@ -109,7 +112,7 @@ class Model(Module):
         return int(sum(unique.values()))
 
     # ---- modes and gradients ----------------------------------------------------------------
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Model:
         object.__setattr__(self, "training", bool(mode))
         if not mode:
             self._drop_tape()  # a model with a backward of its own keeps a Tape as any module
@@ -117,12 +120,12 @@ class Model(Module):
             child.train(mode)
         return self
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for child in self._modules.values():
             child.zero_grad()
 
     # ---- state dicts ------------------------------------------------------------------------
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> Model:
         """Copies values into the children's live arrays, by flat name.
 
         strict: missing or unexpected keys raise KeyError listing them; a wrong shape raises
@@ -156,10 +159,10 @@ class Model(Module):
         return self
 
     # ---- forward / backward -----------------------------------------------------------------
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def backward(self, *args, **kwargs):
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define backward()")
 
     def __repr__(self):
@@ -181,21 +184,21 @@ class Sequential(Model):
     input gradient). rnncore.LSTM and friends return (y, state) and belong in a Model of your
     own, which decides what to do with the state."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Module) -> None:
         super().__init__()
         for i, m in enumerate(modules):
             self.add_module(str(i), m)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Module:
         return list(self._modules.values())[i]
 
     def __iter__(self):
         return iter(self._modules.values())
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Any:
         for i, m in enumerate(self._modules.values()):
             x = m(x)
             if isinstance(x, tuple):
@@ -205,7 +208,7 @@ class Sequential(Model):
                     "which return (y, state), in a Model of your own)")
         return x
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Any:
         modules = list(self._modules.values())
         for i in range(len(modules) - 1, -1, -1):
             dy = modules[i].backward(dy)

@@ -12,8 +12,11 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+
+from rnncore._typing import Array, ArrayLike
 
 
 def positive_int(name, value):
@@ -372,23 +375,23 @@ class Module:
         self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
         self.grads[name] = np.zeros_like(self.params[name])
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g[...] = 0  # also for device arrays (rnncore.cuda)
 
-    def parameters_changed(self):
+    def parameters_changed(self) -> None:
         """Call after writing this module's parameter arrays in place by hand (rnncore's
         optimisers and load_state_dict do it themselves): see rnncore.parameters_changed."""
         parameters_changed()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Module:
         with self._lock:
             self.training = bool(mode)
             if not self.training:
                 self._drop_tape()
         return self
 
-    def eval(self):
+    def eval(self) -> Module:
         return self.train(False)
 
     # What backward consumes: a Tape (or, for the step-by-step modules, a StepTape) made in
@@ -418,24 +421,24 @@ class Module:
                 self._pending.discard()
         return recording
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Array]]:
         """[(name, live parameter array)], each array once, in registration order (as
         torch.nn.Module.named_parameters; the gradient of `name` is `grads[name]`)."""
         return [(prefix + name, p) for name, p, _ in walk_parameters(self)]
 
-    def parameters(self):
+    def parameters(self) -> list[Array]:
         """The live parameter arrays, each once (see named_parameters)."""
         return [p for _, p, _ in walk_parameters(self)]
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
-    def state_dict(self):
+    def state_dict(self) -> OrderedDict[str, Array]:
         """An OrderedDict of copies of the parameters, with PyTorch's names."""
         with self._lock:
             return OrderedDict((k, v.copy()) for k, v in self.params.items())
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True) -> Module:
         """Copies values (numpy arrays or torch tensors of any float dtype) into the live
         parameter arrays.
 
@@ -470,7 +473,7 @@ class Module:
                 parameters_changed()
         return self
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
     # The C++ objects (workspaces, pending backward steps) and the lock are not part of the model:

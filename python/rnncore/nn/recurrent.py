@@ -10,10 +10,12 @@ both.
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rnncore._ext import core
+from rnncore._typing import Array, ArrayLike, DTypeLike, LSTMState
 from rnncore.nn import cuda as _cuda
 from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
@@ -201,7 +203,8 @@ class _RNNBase(Module):
         return xp.swap01(a) if self.batch_first else a
 
     # ---- forward / backward -------------------------------------------------------------
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x: ArrayLike, h0: Any = None, lengths: ArrayLike | None = None
+                ) -> tuple[Array, Any]:
         """Runs the whole sequence. Returns (y, h_n), or (y, (h_n, c_n)) for LSTMs.
 
         x: (T, B, input_size) ((B, T, input_size) with batch_first), or unbatched (T, input_size).
@@ -228,7 +231,7 @@ class _RNNBase(Module):
                 self._pending.push((T, B, unbatched, stack, xp))
         return self._from_time_major(xp, y, unbatched), self._pack_state(h_n, c_n, unbatched)
 
-    def backward(self, dy, dh_n=None):
+    def backward(self, dy: ArrayLike, dh_n: Any = None) -> tuple[Array, Any]:
         """BPTT through the last training-mode forward (consumed), on the backend that forward
         ran on. Adds parameter gradients into `grads`; returns (dx, dh0), or (dx, (dh0, dc0))
         for LSTMs, shaped like x and h0.
@@ -273,7 +276,7 @@ class _RNNBase(Module):
             self._device = index
         return self
 
-    def cpu(self):
+    def cpu(self) -> _RNNBase:
         return self.to("cpu")
 
     def __repr__(self):
@@ -324,9 +327,10 @@ class RNN(_RNNBase):
     """
     variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 nonlinearity: str = "tanh", dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -343,6 +347,14 @@ class RNN(_RNNBase):
             return np.zeros(self.hidden_size, dtype=self.dtype)
         return super()._init_bias(uniform)
 
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
+                    lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
+                     lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def backward(self, dy: ArrayLike, dh_n: ArrayLike | None = None
+                     ) -> tuple[Array, Array]: ...
+
     def _extra_repr(self):
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
 
@@ -352,13 +364,22 @@ class LSTM(_LSTMStateMixin, _RNNBase):
     (input and forget gates see c_{t-1}, the output gate sees c_t)."""
     variants = {"lstm": {"peephole": False}, "peephole_lstm": {"peephole": True}}
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, peephole=False, dtype=np.float32, seed=None,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 peephole: bool = False, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         self.peephole = bool(peephole)
         super().__init__(_registry.select(LSTM, peephole=self.peephole), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
                          precision)
+
+    if TYPE_CHECKING:  # what mypy sees: an LSTM's state is the pair (h, c)
+        def forward(self, x: ArrayLike, h0: tuple[ArrayLike, ArrayLike] | None = None,
+                    lengths: ArrayLike | None = None) -> tuple[Array, LSTMState]: ...
+        def __call__(self, x: ArrayLike, h0: tuple[ArrayLike, ArrayLike] | None = None,
+                     lengths: ArrayLike | None = None) -> tuple[Array, LSTMState]: ...
+        def backward(self, dy: ArrayLike, dh_n: tuple[ArrayLike, ArrayLike] | None = None
+                     ) -> tuple[Array, LSTMState]: ...
 
     def _extra_repr(self):
         return ["peephole=True"] if self.peephole and type(self) is LSTM else []
@@ -367,9 +388,10 @@ class LSTM(_LSTMStateMixin, _RNNBase):
 class PeepholeLSTM(LSTM):
     """LSTM with diagonal peepholes (LSTM(..., peephole=True))."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 precision: str = "float32") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, peephole=True, dtype=dtype, seed=seed, precision=precision)
 
@@ -381,13 +403,22 @@ class GRU(_RNNBase):
     reset_after=False (Cho et al. 2014):        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)."""
     variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, precision: str = "float32") -> None:
         self.reset_after = bool(reset_after)
         super().__init__(_registry.select(GRU, reset_after=self.reset_after), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
                          precision)
+
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
+                    lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
+                     lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def backward(self, dy: ArrayLike, dh_n: ArrayLike | None = None
+                     ) -> tuple[Array, Array]: ...
 
     def _extra_repr(self):
         return [] if self.reset_after else ["reset_after=False"]
