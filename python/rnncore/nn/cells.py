@@ -21,6 +21,7 @@ from rnncore.nn.module import (
     check_parameter_memory,
     check_shape,
     positive_int,
+    ready,
     uniform,
 )
 from rnncore.nn.precision import check_precision
@@ -64,7 +65,8 @@ class _CellBase(Module):
             self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version")
+    _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version",
+                   "_engine_seen")
 
     # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
@@ -73,27 +75,46 @@ class _CellBase(Module):
         self._pending = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
         self._pending_bytes = 0
         self._warned = False
-        # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
-        # parameter version has moved since (optimisers, load_state_dict, replaced arrays,
-        # parameters_changed()) and, in C++, when a probe of sampled values sees them change.
+        # The step engine keeps its own packed copy of the weights. Before every step
+        # _sync_engine checks that it is current (see there), so no step computes with stale
+        # weights whatever was done to the parameter arrays.
         self._engine = core.Step(self.cell, self.input_size, self.hidden_size, self.dtype,
                                   getattr(self, "precision", "float32"))
         self._engine_version = None
+        self._engine_seen = None  # (params dict, [(name, array, bytes of it when packed)])
 
     def _sync_engine(self):
-        """Repacks the engine's weights when the parameter version has moved since."""
+        """Repacks the engine's weights unless they are those of `params` now, byte for byte:
+        the same dict, the same arrays under the same names, the parameter version unchanged,
+        and every array's bytes equal to a private copy taken when it was packed (a bytearray
+        compared with the array is a memcmp, no copy). This catches what the version cannot
+        (writes in place by hand, through torch tensors or other views of the arrays, a params
+        dict rebound) at the cost of reading the weights once per step. Callers hold the
+        lock."""
+        params = self.params
+        seen = self._engine_seen
+        if (seen is not None and seen[0] is params and len(params) == len(seen[1])
+                and self._engine_version == _base._parameter_version[0]):
+            for name, a, packed in seen[1]:
+                if params.get(name) is not a or packed != a:
+                    break
+            else:
+                return
         version = _base._parameter_version[0]
-        if self._engine_version != version:
-            self._engine.set_weights(self.params)
-            self._engine_version = version
+        self._engine.set_weights(params)
+        # set_weights has checked every array (dtype, shape, C-contiguous), so bytearray() can
+        # take its bytes
+        self._engine_seen = (params, [(k, a, bytearray(a)) for k, a in params.items()])
+        self._engine_version = version
 
     def _identity_init(self):
         """W_hh = I and zero biases (IRNN), as rnncore.RNN(nonlinearity="relu")."""
         return False
 
     def _array(self, name, value):
-        # The common case (a C-contiguous array of the cell's dtype) without as_array's checks.
-        if type(value) is np.ndarray and value.dtype == self.dtype and value.flags.c_contiguous:
+        # The common case (a native, aligned C-contiguous array of the cell's dtype) without
+        # as_array's conversions.
+        if ready(value, self.dtype):
             return value
         return as_array(name, value, self.dtype)
 
@@ -101,8 +122,7 @@ class _CellBase(Module):
         if value is None:
             return None
         shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
-                and value.flags.c_contiguous):
+        if ready(value, self.dtype) and value.shape == shape:
             return value.reshape(1, -1) if unbatched else value  # the common case, no copies
         if isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
@@ -131,17 +151,19 @@ class _CellBase(Module):
     def forward(self, x, state=None):
         """One step. x: (B, input_size) or (input_size,); state: h (B, H), or (h, c) for LSTM
         cells, zeros if None. Returns the new state in the same form."""
-        # The common case, batched numpy arrays, goes straight to the engine, which checks their
-        # dtype, layout and shapes itself; anything else (and any error) takes the checked path,
-        # which converts what it can and words the errors.
-        if type(x) is np.ndarray and x.ndim == 2:
+        # The common case, batched native arrays of the cell's dtype (module.ready: byte order,
+        # alignment, layout), goes straight to the engine, which checks their shapes itself;
+        # anything else (and any error) takes the checked path, which converts what it can
+        # (as_array) and words the errors.
+        dt = self.dtype
+        if type(x) is np.ndarray and x.ndim == 2 and ready(x, dt):
             if state is None:
                 h = c = None
             elif self._has_cell_state:
                 h, c = state if type(state) is tuple and len(state) == 2 else (0, 0)
             else:
                 h, c = state, None
-            if (h is None or type(h) is np.ndarray) and (c is None or type(c) is np.ndarray):
+            if (h is None or ready(h, dt)) and (c is None or ready(c, dt)):
                 try:
                     h_new, c_new = self._step(x, h, c, False)
                 except (TypeError, ValueError):
