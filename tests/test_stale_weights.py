@@ -7,6 +7,7 @@ parameter gradients of the step's backward.
 The edits leave untouched the values the old step engine's probe sampled (8 evenly spaced values
 per array), so that each of them is one the probe could not see: the cases the issue found
 stale. None of them calls rnncore.parameters_changed()."""
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -245,3 +246,46 @@ def test_unchanged_weights_are_not_repacked(rng):
     c.params["bias_hh"][0] += 1
     c(x)
     assert c._engine.packs == packs + 1
+
+
+def _apply(params, edit):
+    """edit(params) in place, hidden from the old probe."""
+    before = {k: v.copy() for k, v in params.items()}
+    edit(params)
+    _hide_from_probe(before, params)
+
+
+def _zero_column(p):
+    p["weight_ih"][:, 1] = 0
+
+
+def _double_row(p):
+    p["weight_hh"][3] *= 2
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_replaced_array_then_edited_in_place(cell, rng):
+    """A parameter array replaced by the caller's own array (no longer one buffer with the
+    others), then that array edited in place: seen too; and so is an edit after a copy."""
+    x, state, dstate = _inputs(cell, rng)
+    c = _cell(cell, 3).eval()
+    t = _cell(cell, 3)
+    edited = {k: v.copy() for k, v in c.params.items()}
+    _apply(edited, _zero_column)
+    expected = _expected(cell, edited, x, state, dstate)
+    mine = [c.params["weight_ih"].copy(), t.params["weight_ih"].copy()]
+    c.params["weight_ih"], t.params["weight_ih"] = mine
+    c(x, state)
+    _warm(t, x, state, dstate)
+    for m, a in zip((c, t), mine):
+        _apply({"weight_ih": a}, _zero_column)
+        assert m.params["weight_ih"] is a
+    _check(c, t, x, state, dstate, expected)
+    c2, t2 = copy.deepcopy(c), copy.deepcopy(t)
+    _apply(edited, _double_row)
+    expected = _expected(cell, edited, x, state, dstate)
+    c2(x, state)
+    _warm(t2, x, state, dstate)
+    for m in (c2, t2):
+        _apply(m.params, _double_row)
+    _check(c2, t2, x, state, dstate, expected)

@@ -66,7 +66,7 @@ class _CellBase(Module):
         self._init_core()
 
     _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version",
-                   "_engine_seen")
+                   "_engine_seen", "_flat")
 
     # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
@@ -81,30 +81,57 @@ class _CellBase(Module):
         self._engine = core.Step(self.cell, self.input_size, self.hidden_size, self.dtype,
                                   getattr(self, "precision", "float32"))
         self._engine_version = None
-        self._engine_seen = None  # (params dict, [(name, array, bytes of it when packed)])
+        self._engine_seen = None  # (params dict, ((name, array), ...), ((array, bytes), ...))
+        self._gather_params()
+
+    def _gather_params(self):
+        """Moves the parameter arrays into one buffer (`_flat`; `params` holds views of it, in
+        order), so that the step's staleness check is one comparison instead of one per array.
+        Done when the cell is built and again when it is unpickled or copied."""
+        self._flat = None
+        arrays = list(self.params.values())
+        if not arrays or not all(ready(a, self.dtype) for a in arrays):
+            return
+        flat = np.empty(sum(a.size for a in arrays), self.dtype)
+        offset = 0
+        for name, a in list(self.params.items()):
+            view = flat[offset:offset + a.size].reshape(a.shape)
+            view[...] = a
+            offset += a.size
+            self.params[name] = view
+        self._flat = flat
 
     def _sync_engine(self):
         """Repacks the engine's weights unless they are those of `params` now, byte for byte:
         the same dict, the same arrays under the same names, the parameter version unchanged,
-        and every array's bytes equal to a private copy taken when it was packed (a bytearray
-        compared with the array is a memcmp, no copy). This catches what the version cannot
-        (writes in place by hand, through torch tensors or other views of the arrays, a params
-        dict rebound) at the cost of reading the weights once per step. Callers hold the
-        lock."""
+        and the arrays' bytes equal to a private copy taken when they were packed (a bytearray
+        compared with an array is one memcmp, no copy; one for all of them while they are the
+        views of `_flat`, else one per array). This catches what the version cannot (writes in
+        place by hand, through torch tensors or other views of the arrays, a params dict
+        rebound) at the cost of reading the weights once per step. Callers hold the lock."""
         params = self.params
         seen = self._engine_seen
         if (seen is not None and seen[0] is params and len(params) == len(seen[1])
                 and self._engine_version == _base._parameter_version[0]):
-            for name, a, packed in seen[1]:
-                if params.get(name) is not a or packed != a:
+            for name, a in seen[1]:
+                if params.get(name) is not a:
                     break
             else:
-                return
+                for a, packed in seen[2]:
+                    if packed != a:
+                        break
+                else:
+                    return
         version = _base._parameter_version[0]
         self._engine.set_weights(params)
         # set_weights has checked every array (dtype, shape, C-contiguous), so bytearray() can
         # take its bytes
-        self._engine_seen = (params, [(k, a, bytearray(a)) for k, a in params.items()])
+        named = tuple(params.items())
+        flat = self._flat
+        # every array a view of _flat: comparing _flat covers them all
+        whole = flat is not None and all(a.base is flat for _, a in named)
+        compared = (flat,) if whole else tuple(a for _, a in named)
+        self._engine_seen = (params, named, tuple((a, bytearray(a)) for a in compared))
         self._engine_version = version
 
     def _identity_init(self):
