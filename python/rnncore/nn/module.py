@@ -55,34 +55,52 @@ def to_numpy(value):
     return np.asarray(value)
 
 
+def native(a, dtype=None):
+    """numpy array `a` as a C-contiguous, aligned array in native byte order, of `dtype` (by
+    default a's own, in native byte order: the same values): at most one copy, none when `a`
+    already is one. The one conversion every entry uses before arrays reach the compiled core
+    (which reads raw memory), a file or a foreign library."""
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=") if dtype is None else dtype)
+    if not a.flags.aligned:  # np.frombuffer at an odd offset: ascontiguousarray keeps it
+        a = a.copy()
+    return a
+
+
+def native_float_dtype(dtype):
+    """The dtype a float input computes in: float32 or float64 in native byte order when it is
+    one of those (in any byte order), else float64."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f" and dt.itemsize in (4, 8):
+        return float_dtype(dt.newbyteorder("="))
+    return np.dtype(np.float64)
+
+
 def as_array(name, value, dtype):
     """Numeric array-like (numpy array, list, torch tensor) -> C-contiguous, aligned array of
     dtype in native byte order: what every entry of rnncore hands to the compiled core.
 
-    The one place where inputs are converted: another byte order (`>f4`, `>f8`, as h5py, FITS or
-    np.frombuffer give), another numeric dtype, a strided, misaligned or read-only array all give
-    the same values as the native array would. At most one copy: none when value already is such
-    an array (read-only ones included: the core only reads them)."""
+    The one place where inputs are converted (with native()): another byte order (`>f4`, `>f8`,
+    as h5py, FITS or np.frombuffer give), another numeric dtype, a strided, misaligned or
+    read-only array all give the same values as the native array would. At most one copy: none
+    when value already is such an array (read-only ones included: the core only reads them)."""
     try:
         a = to_numpy(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from e
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a numeric array (float or int), got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=dtype)  # dtype is native: converts the byte order too
-    if not a.flags.aligned:
-        a = a.copy()
-    return a
+    return native(a, dtype)  # dtype is float_dtype's: native, so the byte order is converted
 
 
 _ALIGNED_C = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+_ndarray = np.ndarray
 
 
 def ready(a, dtype):
     """Whether `a` can go to the compiled core as it is: a numpy array (not a subclass) of
     exactly the native `dtype` (float_dtype's result), C-contiguous and aligned. The fast paths'
     test; anything else goes through as_array."""
-    return type(a) is np.ndarray and a.dtype is dtype and a.flags.num & _ALIGNED_C == _ALIGNED_C
+    return type(a) is _ndarray and a.dtype is dtype and (a.flags.num & _ALIGNED_C) == _ALIGNED_C
 
 
 def native_parameter(value):
@@ -90,9 +108,9 @@ def native_parameter(value):
     not C-contiguous become a native, aligned, C-contiguous copy of the same dtype (the same
     values); native ones, and device arrays, are kept as they are (the module then uses the
     caller's array itself, so writing it in place changes the module)."""
-    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and (
-            not value.dtype.isnative or value.flags.num & _ALIGNED_C != _ALIGNED_C):
-        return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and (
+            not value.dtype.isnative or (value.flags.num & _ALIGNED_C) != _ALIGNED_C):
+        return native(value)
     return value
 
 
@@ -123,7 +141,7 @@ def check_lengths(lengths, seq_len, batch):
         i = int(bad[0])
         raise ValueError(f"lengths must lie in [0, {seq_len}] (the sequence length), "
                          f"got lengths[{i}] = {a[i].item()!r}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return native(a, np.int64)
 
 
 def _available_memory():
@@ -383,7 +401,7 @@ class Module:
         _parameter_version[0] += 1
 
     def _add_param(self, name, value):
-        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = native(np.asarray(value), self.dtype)
         self.grads[name] = np.zeros_like(self.params[name])
 
     def zero_grad(self):
