@@ -15,7 +15,9 @@ from rnncore._ext import core
 from rnncore.nn import module as _base
 from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
+    _ALIGNED_C,
     Module,
+    Parameters as _Parameters,
     StepTape,
     as_array,
     check_parameter_memory,
@@ -25,6 +27,8 @@ from rnncore.nn.module import (
     uniform,
 )
 from rnncore.nn.precision import check_precision
+
+_ndarray = np.ndarray
 
 
 class PendingStepsWarning(RuntimeWarning):
@@ -113,7 +117,9 @@ class _CellBase(Module):
         seen = self._engine_seen
         if (seen is not None and seen[0] is params and len(params) == len(seen[1])
                 and self._engine_version == _base._parameter_version[0]):
-            for name, a in seen[1]:
+            # A Parameters dict's assignments move the version: its arrays are the same ones
+            # while the version stands; another dict's are compared one by one.
+            for name, a in () if type(params) is _Parameters else seen[1]:
                 if params.get(name) is not a:
                     break
             else:
@@ -182,15 +188,20 @@ class _CellBase(Module):
         # alignment, layout), goes straight to the engine, which checks their shapes itself;
         # anything else (and any error) takes the checked path, which converts what it can
         # (as_array) and words the errors.
+        # (ready() inlined: a call per array is a share of a small step's time)
         dt = self.dtype
-        if type(x) is np.ndarray and x.ndim == 2 and ready(x, dt):
+        if (type(x) is _ndarray and x.dtype is dt and x.ndim == 2
+                and (x.flags.num & _ALIGNED_C) == _ALIGNED_C):
             if state is None:
                 h = c = None
             elif self._has_cell_state:
                 h, c = state if type(state) is tuple and len(state) == 2 else (0, 0)
             else:
                 h, c = state, None
-            if (h is None or ready(h, dt)) and (c is None or ready(c, dt)):
+            if ((h is None or (type(h) is _ndarray and h.dtype is dt
+                               and (h.flags.num & _ALIGNED_C) == _ALIGNED_C))
+                    and (c is None or (type(c) is _ndarray and c.dtype is dt
+                                       and (c.flags.num & _ALIGNED_C) == _ALIGNED_C))):
                 try:
                     h_new, c_new = self._step(x, h, c, False)
                 except (TypeError, ValueError):

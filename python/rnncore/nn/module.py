@@ -213,9 +213,9 @@ _parameter_version = [0]
 
 def parameters_changed():
     """Tells rnncore that parameter arrays were written in place outside rnncore's optimisers
-    and load_state_dict (e.g. `cell.params["weight_hh"][3, 4] = 0`): cells repack their weights
-    before the next step. (Writes that change many values are also caught by the cells' probe of
-    sampled values; call this after any hand edit to be sure.)"""
+    and load_state_dict (e.g. `cell.params["weight_hh"][3, 4] = 0`). Not needed for the cells,
+    which compare their weights with those they packed before every step (nn/cells.py
+    _sync_engine); kept for code that calls it: the cells then repack before their next step."""
     _parameter_version[0] += 1
 
 
