@@ -171,8 +171,8 @@ def check_gradients(module, inputs, *, forward_kwargs=None, backward=None, eps=1
                 idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
             numeric = np.empty(len(idx))
             for j, i in enumerate(idx):
-                # One entry written in place: tell rnncore, so cells repack their weights (their
-                # probe of sampled values is not meant to catch single entries).
+                # One entry written in place: the cells see it themselves (they compare their
+                # weights before every step); parameters_changed() is kept for other holders.
                 v = flat[i]
                 flat[i] = v + eps
                 parameters_changed()
