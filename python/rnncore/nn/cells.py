@@ -29,6 +29,7 @@ from rnncore.nn.module import (
 from rnncore.nn.precision import check_precision
 
 _ndarray = np.ndarray
+_version = _base._parameter_version  # the process-wide parameter version (a one-item list)
 
 
 class PendingStepsWarning(RuntimeWarning):
@@ -113,10 +114,10 @@ class _CellBase(Module):
         views of `_flat`, else one per array). This catches what the version cannot (writes in
         place by hand, through torch tensors or other views of the arrays, a params dict
         rebound) at the cost of reading the weights once per step. Callers hold the lock."""
-        params = self.params
+        params = self._params  # (not the property: this runs before every step)
         seen = self._engine_seen
         if (seen is not None and seen[0] is params and len(params) == len(seen[1])
-                and self._engine_version == _base._parameter_version[0]):
+                and self._engine_version == _version[0]):
             # A Parameters dict's assignments move the version: its arrays are the same ones
             # while the version stands; another dict's are compared one by one.
             for name, a in () if type(params) is _Parameters else seen[1]:
@@ -128,7 +129,7 @@ class _CellBase(Module):
                         break
                 else:
                     return
-        version = _base._parameter_version[0]
+        version = _version[0]
         self._engine.set_weights(params)
         # set_weights has checked every array (dtype, shape, C-contiguous), so bytearray() can
         # take its bytes
