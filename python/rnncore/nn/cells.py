@@ -156,7 +156,9 @@ class _CellBase(Module):
         if value is None:
             return None
         shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        if ready(value, self.dtype) and value.shape == shape:
+        dt = self.dtype  # ready() inlined (backward's states take this path on every step)
+        if (type(value) is _ndarray and value.dtype is dt and value.shape == shape
+                and (value.flags.num & _ALIGNED_C) == _ALIGNED_C):
             return value.reshape(1, -1) if unbatched else value  # the common case, no copies
         if isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
