@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import rnncore
-from conftest import CELLS, has_cell_state, make_cell, make_module
 from rnncore.nn.attention import Attention
 from rnncore.nn.module import as_array
 from rnncore.train import checkpoint, ctc, losses, optim
+from conftest import CELLS, has_cell_state, make_cell, make_module
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 VARIANTS = (">f4", ">f8", "misaligned", "read-only")
@@ -74,7 +74,8 @@ def test_as_array_gives_native_aligned_contiguous(variant, rng):
         out = as_array("x", a, dtype)
         assert out.dtype is dtype and out.flags.aligned and out.flags.c_contiguous
         np.testing.assert_array_equal(out, base.astype(dtype))
-    from rnncore.nn.module import native  # (here: the other tests also run on older code)
+    # imported here so that the other tests of this file also run on older code (issue 20)
+    from rnncore.nn.module import native
     n = native(a)
     assert n.dtype.isnative and n.flags.aligned and n.flags.c_contiguous
     np.testing.assert_array_equal(n, base)
@@ -289,6 +290,11 @@ def test_losses_and_ctc(variant, rng):
         t = np.array([0, 1, 2, 3, 4, 0, 1, 2])
         _equal(losses.cross_entropy(flat_v, t), losses.cross_entropy(flat_n, t), "cross_entropy")
         _equal(losses.mse(flat_v, flat_n), losses.mse(flat_n, flat_n), "mse")
+        # integer entries: targets and lengths in another byte order
+        _equal(ctc.ctc_loss(lp_n, targets.astype(">i8"), np.array([4, 3]).astype(">i4")),
+               ctc.ctc_loss(lp_n, targets, np.array([4, 3])), "ctc_loss, >i8 targets")
+        _equal(losses.cross_entropy(flat_n, t.astype(">i8")), losses.cross_entropy(flat_n, t),
+               "cross_entropy, >i8 targets")
 
 
 def test_rnncore_torch_takes_tensors_only():
@@ -301,3 +307,20 @@ def test_rnncore_torch_takes_tensors_only():
         m(np.zeros((2, 1, 3), ">f4"))
     with pytest.raises((ValueError, TypeError)):
         torch.from_numpy(np.zeros(3, ">f4"))
+
+
+@pytest.mark.parametrize("bad", ["c8", "?", "O", [("a", "<f4")]], ids=["complex", "bool", "object", "structured"])
+def test_arrays_without_a_float_meaning_raise_type_error(bad, rng):
+    """No silent reinterpretation: complex, bool, object and structured arrays raise TypeError at
+    the cells' and modules' entries, and a parameter of another dtype than the module's raises
+    TypeError naming it at the next step (not a silent cast)."""
+    x = np.zeros((2, 3), dtype=bad) if bad != "O" else np.zeros((2, 3)).astype(object)
+    cell = make_cell("lstm", 3, 4)
+    with pytest.raises(TypeError, match="x must be"):
+        cell(x)
+    module = make_module("gru", 3, 4)
+    with pytest.raises(TypeError):
+        module(x[:, None, :])
+    cell.params["weight_hh"] = cell.params["weight_hh"].astype(">f8")
+    with pytest.raises(TypeError, match="weight_hh"):
+        cell(np.zeros((2, 3), np.float32))

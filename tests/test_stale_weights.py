@@ -13,8 +13,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from conftest import CELLS, has_cell_state, make_cell
 from rnncore.nn import registry
+from conftest import CELLS, has_cell_state, make_cell
 
 I, H = 16, 24
 PROBES = 8  # the old probe: values per array
@@ -60,7 +60,7 @@ def edit_ablate_unit(params, rng, cell):
 def _prune(fraction):
     def edit(params, rng, cell):
         w = params["weight_hh"]
-        k = max(1, int(round(fraction * w.size)))
+        k = max(1, round(fraction * w.size))
         smallest = np.argsort(np.abs(w), axis=None)[:k]
         w.reshape(-1)[smallest] = 0
     return edit

@@ -17,7 +17,6 @@ from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
     _ALIGNED_C,
     Module,
-    Parameters as _Parameters,
     StepTape,
     as_array,
     check_parameter_memory,
@@ -30,6 +29,7 @@ from rnncore.nn.precision import check_precision
 
 _ndarray = np.ndarray
 _version = _base._parameter_version  # the process-wide parameter version (a one-item list)
+_Parameters = _base.Parameters
 
 
 class PendingStepsWarning(RuntimeWarning):
