@@ -17,15 +17,21 @@ from rnncore._typing import Array, ArrayLike, DTypeLike, LSTMState
 from rnncore.nn import module as _base
 from rnncore.nn import registry as _registry
 from rnncore.nn.module import (
+    _ALIGNED_C,
     Module,
     StepTape,
     as_array,
     check_parameter_memory,
     check_shape,
     positive_int,
+    ready,
     uniform,
 )
 from rnncore.nn.precision import check_precision
+
+_ndarray = np.ndarray
+_version = _base._parameter_version  # the process-wide parameter version (a one-item list)
+_Parameters = _base.Parameters
 
 
 class PendingStepsWarning(RuntimeWarning):
@@ -66,7 +72,8 @@ class _CellBase(Module):
             self._add_param("weight_peephole", u(P, H))
         self._init_core()
 
-    _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version")
+    _core_state = ("_pending", "_pending_bytes", "_warned", "_engine", "_engine_version",
+                   "_engine_seen", "_flat")
 
     # Pending training steps past this many bytes of records warn once (PendingStepsWarning).
     pending_warn_bytes = 1 << 30
@@ -75,27 +82,75 @@ class _CellBase(Module):
         self._pending = StepTape(type(self).__name__)  # (record, B, unbatched) per pending step
         self._pending_bytes = 0
         self._warned = False
-        # The step engine keeps its own packed copy of the weights, refreshed when rnncore's
-        # parameter version has moved since (optimisers, load_state_dict, replaced arrays,
-        # parameters_changed()) and, in C++, when a probe of sampled values sees them change.
+        # The step engine keeps its own packed copy of the weights. Before every step
+        # _sync_engine checks that it is current (see there), so no step computes with stale
+        # weights whatever was done to the parameter arrays.
         self._engine = core.Step(self.cell, self.input_size, self.hidden_size, self.dtype,
                                   getattr(self, "precision", "float32"))
         self._engine_version = None
+        self._engine_seen = None  # (params dict, ((name, array), ...), ((array, bytes), ...))
+        self._gather_params()
+
+    def _gather_params(self):
+        """Moves the parameter arrays into one buffer (`_flat`; `params` holds views of it, in
+        order), so that the step's staleness check is one comparison instead of one per array.
+        Done when the cell is built and again when it is unpickled or copied."""
+        self._flat = None
+        arrays = list(self.params.values())
+        if not arrays or not all(ready(a, self.dtype) for a in arrays):
+            return
+        flat = np.empty(sum(a.size for a in arrays), self.dtype)
+        offset = 0
+        for name, a in list(self.params.items()):
+            view = flat[offset:offset + a.size].reshape(a.shape)
+            view[...] = a
+            offset += a.size
+            self.params[name] = view
+        self._flat = flat
 
     def _sync_engine(self):
-        """Repacks the engine's weights when the parameter version has moved since."""
-        version = _base._parameter_version[0]
-        if self._engine_version != version:
-            self._engine.set_weights(self.params)
-            self._engine_version = version
+        """Repacks the engine's weights unless they are those of `params` now, byte for byte:
+        the same dict, the same arrays under the same names, the parameter version unchanged,
+        and the arrays' bytes equal to a private copy taken when they were packed (a bytearray
+        compared with an array is one memcmp, no copy; one for all of them while they are the
+        views of `_flat`, else one per array). This catches what the version cannot (writes in
+        place by hand, through torch tensors or other views of the arrays, a params dict
+        rebound) at the cost of reading the weights once per step. Callers hold the lock."""
+        params = self._params  # (not the property: this runs before every step)
+        seen = self._engine_seen
+        if (seen is not None and seen[0] is params and len(params) == len(seen[1])
+                and self._engine_version == _version[0]):
+            # A Parameters dict's assignments move the version: its arrays are the same ones
+            # while the version stands; another dict's are compared one by one.
+            for name, a in () if type(params) is _Parameters else seen[1]:
+                if params.get(name) is not a:
+                    break
+            else:
+                for a, packed in seen[2]:
+                    if packed != a:
+                        break
+                else:
+                    return
+        version = _version[0]
+        self._engine.set_weights(params)
+        # set_weights has checked every array (dtype, shape, C-contiguous), so bytearray() can
+        # take its bytes
+        named = tuple(params.items())
+        flat = self._flat
+        # every array a view of _flat: comparing _flat covers them all
+        whole = flat is not None and all(a.base is flat for _, a in named)
+        compared = (flat,) if whole else tuple(a for _, a in named)
+        self._engine_seen = (params, named, tuple((a, bytearray(a)) for a in compared))
+        self._engine_version = version
 
     def _identity_init(self):
         """W_hh = I and zero biases (IRNN), as rnncore.RNN(nonlinearity="relu")."""
         return False
 
     def _array(self, name, value):
-        # The common case (a C-contiguous array of the cell's dtype) without as_array's checks.
-        if type(value) is np.ndarray and value.dtype == self.dtype and value.flags.c_contiguous:
+        # The common case (a native, aligned C-contiguous array of the cell's dtype) without
+        # as_array's conversions.
+        if ready(value, self.dtype):
             return value
         return as_array(name, value, self.dtype)
 
@@ -103,8 +158,9 @@ class _CellBase(Module):
         if value is None:
             return None
         shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
-                and value.flags.c_contiguous):
+        dt = self.dtype  # ready() inlined (backward's states take this path on every step)
+        if (type(value) is _ndarray and value.dtype is dt and value.shape == shape
+                and (value.flags.num & _ALIGNED_C) == _ALIGNED_C):
             return value.reshape(1, -1) if unbatched else value  # the common case, no copies
         if isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be an array, got a {type(value).__name__}")
@@ -133,17 +189,24 @@ class _CellBase(Module):
     def forward(self, x, state=None):
         """One step. x: (B, input_size) or (input_size,); state: h (B, H), or (h, c) for LSTM
         cells, zeros if None. Returns the new state in the same form."""
-        # The common case, batched numpy arrays, goes straight to the engine, which checks their
-        # dtype, layout and shapes itself; anything else (and any error) takes the checked path,
-        # which converts what it can and words the errors.
-        if type(x) is np.ndarray and x.ndim == 2:
+        # The common case, batched native arrays of the cell's dtype (module.ready: byte order,
+        # alignment, layout), goes straight to the engine, which checks their shapes itself;
+        # anything else (and any error) takes the checked path, which converts what it can
+        # (as_array) and words the errors.
+        # (ready() inlined: a call per array is a share of a small step's time)
+        dt = self.dtype
+        if (type(x) is _ndarray and x.dtype is dt and x.ndim == 2
+                and (x.flags.num & _ALIGNED_C) == _ALIGNED_C):
             if state is None:
                 h = c = None
             elif self._has_cell_state:
                 h, c = state if type(state) is tuple and len(state) == 2 else (0, 0)
             else:
                 h, c = state, None
-            if (h is None or type(h) is np.ndarray) and (c is None or type(c) is np.ndarray):
+            if ((h is None or (type(h) is _ndarray and h.dtype is dt
+                               and (h.flags.num & _ALIGNED_C) == _ALIGNED_C))
+                    and (c is None or (type(c) is _ndarray and c.dtype is dt
+                                       and (c.flags.num & _ALIGNED_C) == _ALIGNED_C))):
                 try:
                     h_new, c_new = self._step(x, h, c, False)
                 except (TypeError, ValueError):

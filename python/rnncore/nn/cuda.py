@@ -31,6 +31,7 @@ import numpy as np
 
 from rnncore._ext import cuda_module
 from rnncore.nn import registry as _registry
+from rnncore.nn.module import native
 
 __all__ = ["CudaStack", "cuda_available", "cuda_status", "device_arrays", "is_device_array",
            "move_arrays", "parse_device"]
@@ -358,7 +359,7 @@ class CudaStack:
         if lengths is not None and is_device_array(lengths):
             lengths = lib.to_host(lengths)
         if lengths is not None:
-            lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+            lengths = native(np.asarray(lengths), np.int64)
         self._stack.forward(
             xd, self._describe_all(params, keep),
             None if h0 is None else describe(h0, "h0", keep),

@@ -32,9 +32,10 @@ def float_dtype(dtype):
         dt = np.dtype(dtype)
     except TypeError as e:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from e
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+    for native in (np.dtype(np.float32), np.dtype(np.float64)):
+        if dt == native:
+            return native  # numpy's own object: the fast paths test dtypes with `is`
+    raise ValueError(f"dtype must be float32 or float64, got {dt}")
 
 
 def _is_torch_tensor(value):
@@ -57,17 +58,63 @@ def to_numpy(value):
     return np.asarray(value)
 
 
-def as_array(name, value, dtype):
-    """Numeric array-like (numpy array, list, torch tensor) -> C-contiguous array of dtype.
+def native(a, dtype=None):
+    """numpy array `a` as a C-contiguous, aligned array in native byte order, of `dtype` (by
+    default a's own, in native byte order: the same values): at most one copy, none when `a`
+    already is one. The one conversion every entry uses before arrays reach the compiled core
+    (which reads raw memory), a file or a foreign library."""
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=") if dtype is None else dtype)
+    if not a.flags.aligned:  # np.frombuffer at an odd offset: ascontiguousarray keeps it
+        a = a.copy()
+    return a
 
-    At most one copy: none when value is already a C-contiguous array of that dtype."""
+
+def native_float_dtype(dtype):
+    """The dtype a float input computes in: float32 or float64 in native byte order when it is
+    one of those (in any byte order), else float64."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f" and dt.itemsize in (4, 8):
+        return float_dtype(dt.newbyteorder("="))
+    return np.dtype(np.float64)
+
+
+def as_array(name, value, dtype):
+    """Numeric array-like (numpy array, list, torch tensor) -> C-contiguous, aligned array of
+    dtype in native byte order: what every entry of rnncore hands to the compiled core.
+
+    The one place where inputs are converted (with native()): another byte order (`>f4`, `>f8`,
+    as h5py, FITS or np.frombuffer give), another numeric dtype, a strided, misaligned or
+    read-only array all give the same values as the native array would. At most one copy: none
+    when value already is such an array (read-only ones included: the core only reads them)."""
     try:
         a = to_numpy(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from e
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a numeric array (float or int), got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return native(a, dtype)  # dtype is float_dtype's: native, so the byte order is converted
+
+
+_ALIGNED_C = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+_ndarray = np.ndarray
+
+
+def ready(a, dtype):
+    """Whether `a` can go to the compiled core as it is: a numpy array (not a subclass) of
+    exactly the native `dtype` (float_dtype's result), C-contiguous and aligned. The fast paths'
+    test; anything else goes through as_array."""
+    return type(a) is _ndarray and a.dtype is dtype and (a.flags.num & _ALIGNED_C) == _ALIGNED_C
+
+
+def native_parameter(value):
+    """A parameter array as a module keeps it: numpy arrays in another byte order, misaligned or
+    not C-contiguous become a native, aligned, C-contiguous copy of the same dtype (the same
+    values); native ones, and device arrays, are kept as they are (the module then uses the
+    caller's array itself, so writing it in place changes the module)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and (
+            not value.dtype.isnative or (value.flags.num & _ALIGNED_C) != _ALIGNED_C):
+        return native(value)
+    return value
 
 
 def check_shape(name, a, expected, what=""):
@@ -97,7 +144,7 @@ def check_lengths(lengths, seq_len, batch):
         i = int(bad[0])
         raise ValueError(f"lengths must lie in [0, {seq_len}] (the sequence length), "
                          f"got lengths[{i}] = {a[i].item()!r}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return native(a, np.int64)
 
 
 def _available_memory():
@@ -169,18 +216,19 @@ _parameter_version = [0]
 
 def parameters_changed():
     """Tells rnncore that parameter arrays were written in place outside rnncore's optimisers
-    and load_state_dict (e.g. `cell.params["weight_hh"][3, 4] = 0`): cells repack their weights
-    before the next step. (Writes that change many values are also caught by the cells' probe of
-    sampled values; call this after any hand edit to be sure.)"""
+    and load_state_dict (e.g. `cell.params["weight_hh"][3, 4] = 0`). Not needed for the cells,
+    which compare their weights with those they packed before every step (nn/cells.py
+    _sync_engine); kept for code that calls it: the cells then repack before their next step."""
     _parameter_version[0] += 1
 
 
 class Parameters(OrderedDict):
     """A module's `params`: an OrderedDict whose assignments (a parameter array added or
-    replaced) count as a parameter change (see parameters_changed)."""
+    replaced) count as a parameter change (see parameters_changed). An assigned numpy array in
+    another byte order, misaligned or strided is kept as a native copy (native_parameter)."""
 
     def __setitem__(self, key, value):
-        super().__setitem__(key, value)
+        super().__setitem__(key, native_parameter(value))
         _parameter_version[0] += 1
 
 
@@ -371,8 +419,24 @@ class Module:
         self.training = True
         self._lock = threading.RLock()
 
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        # `m.params = {...}` (a dict rebound, not updated): kept as Parameters, its arrays
+        # converted as an assignment would, and counted as a parameter change.
+        if not isinstance(value, Parameters):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{type(self).__name__}.params must be a mapping (dict) of "
+                                f"parameter name -> array, got {type(value).__name__}")
+            value = Parameters(value)
+        self._params = value
+        _parameter_version[0] += 1
+
     def _add_param(self, name, value):
-        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = native(np.asarray(value), self.dtype)
         self.grads[name] = np.zeros_like(self.params[name])
 
     def zero_grad(self) -> None:
@@ -493,6 +557,11 @@ class Module:
         return state
 
     def __setstate__(self, state):
+        if "params" in state:  # pickled before params became a property
+            state = dict(state)
+            state["_params"] = Parameters(state.pop("params"))
         self.__dict__.update(state)
+        if "dtype" in state:
+            self.dtype = float_dtype(self.dtype)
         self._lock = threading.RLock()
         self._init_core()

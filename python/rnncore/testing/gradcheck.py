@@ -202,8 +202,8 @@ class _Checker:
         eps = self.eps
         numeric = np.empty(len(idx))
         for j, i in enumerate(idx):
-            # One entry written in place: tell rnncore, so cells repack their weights (their
-            # probe of sampled values is not meant to catch single entries).
+            # One entry written in place: the cells see it themselves (they compare their
+            # weights before every step); parameters_changed() is kept for other holders.
             v = flat[i]
             flat[i] = v + eps
             parameters_changed()

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from rnncore.nn.model import named_generators
-from rnncore.nn.module import key_differences
+from rnncore.nn.module import key_differences, native
 
 FORMAT = "rnncore-checkpoint"
 FORMAT_VERSION = "1"
@@ -174,7 +174,9 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng()), got "
                         f"{type(rng).__name__}")
-    tensors = OrderedDict(("model." + k, np.ascontiguousarray(v))
+    # native(): safetensors writes an array's raw bytes under a little-endian type, so an array
+    # in another byte order (or misaligned) is converted first
+    tensors = OrderedDict(("model." + k, native(np.asarray(v)))
                           for k, v in model.params.items())
     for name, a in (arrays or {}).items():
         if not isinstance(name, str) or not name:
@@ -182,7 +184,7 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
         a = np.asarray(a)
         if a.dtype.kind not in "biuf":
             raise TypeError(f"arrays[{name!r}] must be a numeric array, got dtype {a.dtype}")
-        tensors["arrays." + name] = np.ascontiguousarray(a)
+        tensors["arrays." + name] = native(a)
     meta = {"step": int(step), "config": _to_json(config, "config"),
             "extra": _to_json(extra, "extra"), "optimizer": None, "scheduler": None,
             "rng": None if rng is None else _to_json(rng.bit_generator.state, "rng"),
@@ -192,7 +194,7 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
         sd = optimizer.state_dict()
         for name, buffers in sd["state"].items():
             for b, a in buffers.items():
-                tensors[f"optim.{name}.{b}"] = np.ascontiguousarray(a)
+                tensors[f"optim.{name}.{b}"] = native(np.asarray(a))
         meta["optimizer"] = _to_json({"type": sd["type"], "hyperparameters": sd["hyperparameters"],
                                       "step": sd["step"], "params": list(sd["state"])}, "optimizer")
     if scheduler is not None:

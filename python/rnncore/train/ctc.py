@@ -25,7 +25,7 @@ import numbers
 import numpy as np
 
 from rnncore._ext import core
-from rnncore.nn.module import to_numpy
+from rnncore.nn.module import native, native_float_dtype, to_numpy
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -33,8 +33,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def log_softmax(logits, axis=-1):
     """log_softmax over `axis` (stable for any finite input): z - logsumexp(z)."""
     z = np.asarray(logits)
-    if z.dtype not in (np.float32, np.float64):
-        z = z.astype(np.float64)
+    z = z.astype(native_float_dtype(z.dtype), copy=False)  # >f4 computes (and returns) float32
     shifted = z - z.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -48,7 +47,7 @@ def _int_array(name, value, ndim=None):
     if ndim is not None and a.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimension(s), got "
                          f"shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return native(a, np.int64)
 
 
 def _log_probs(log_probs):
@@ -58,8 +57,7 @@ def _log_probs(log_probs):
     if a.ndim != 3:
         raise ValueError(f"log_probs must have shape (T, B, C) (time, batch, classes), got "
                          f"shape {a.shape}")
-    dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
-    return np.ascontiguousarray(a, dtype=dtype)
+    return native(a, native_float_dtype(a.dtype))
 
 
 def _lengths(name, value, batch, default):

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from rnncore.nn.module import to_numpy
+from rnncore.nn.module import native, native_float_dtype, to_numpy
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -21,8 +21,7 @@ def _float_input(name, value):
     a = to_numpy(value)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
-    dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
-    return np.ascontiguousarray(a, dtype=dtype)
+    return native(a, native_float_dtype(a.dtype))
 
 
 def _check_reduction(reduction):
