@@ -1,14 +1,16 @@
-"""Two builds of rnncore side by side: e.g. the portable default (one engine per instruction-set
-level, chosen at import) against a `RNNCORE_SIMD=native` build of the same source, or one level
-forced with RNNCORE_ISA against another. Each configuration of bench's CONFIGS (forward, and
-forward + backward, float32) is timed in a child process per build, the builds alternating in
-rounds; the median of each is printed with the ratio B / A.
+"""Builds of rnncore side by side: e.g. the portable default (one engine per instruction-set
+level, chosen at import) against a `RNNCORE_SIMD=native` build of the same source, one level
+forced with RNNCORE_ISA against another, or a build of an earlier commit. Each configuration of
+bench's CONFIGS (forward, and forward + backward, float32) is timed in a child process per build,
+the builds alternating in rounds; the median of each is printed with the ratio to the first.
 
-    python bench/isa_compare.py --a PKG_DIR_A --b PKG_DIR_B [--threads 2] [--rounds 5]
-    python bench/isa_compare.py --a PKG --b PKG --b-env RNNCORE_ISA=avx2   # two levels, one build
+    python bench/isa_compare.py PKG_A PKG_B [PKG_C ...] [--threads 2] [--rounds 5]
+    python bench/isa_compare.py PKG PKG:RNNCORE_ISA=avx2      # two levels of one build
 
-PKG_DIR is the folder that holds the `rnncore` package of a build (site-packages of an install,
-or python/ of a checkout with its compiled modules copied in).
+PKG is the folder that holds the `rnncore` package of a build (site-packages of an install, or
+python/ of a checkout with its compiled modules copied in), optionally followed by
+:VAR=VALUE,... for its children's environment. Only public names are used, so builds from
+before the package's reorganisation work too.
 """
 import argparse
 import json
@@ -20,12 +22,16 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import rnncore
-from rnncore.apps.bench.configs import CONFIGS
-from rnncore.nn.registry import make_module
+from rnncore.benchmark import CONFIGS
+try:
+    from rnncore.nn.registry import make_module
+except ImportError:  # a build from before the package's reorganisation
+    from rnncore._registry import make_module
 threads, only = int(sys.argv[1]), sys.argv[2].split(",") if sys.argv[2] else None
 rnncore.set_num_threads(threads)
 rng = np.random.default_rng(0)
-out = {"level": rnncore.cpu_info()["level"], "times": {}}
+level = rnncore.cpu_info()["level"] if hasattr(rnncore, "cpu_info") else "one build level"
+out = {"level": level, "times": {}}
 for c in CONFIGS:
     if len(c) != 6 or (only and not c[0].startswith(tuple(only))):
         continue
@@ -58,29 +64,32 @@ def run(pkg, env_extra, threads, only):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", required=True, help="package folder of build A")
-    ap.add_argument("--b", required=True, help="package folder of build B")
-    ap.add_argument("--a-env", nargs="*", default=[], help="VAR=VALUE for A's children")
-    ap.add_argument("--b-env", nargs="*", default=[], help="VAR=VALUE for B's children")
+    ap.add_argument("builds", nargs="+", help="PKG[:VAR=VALUE,...] per build, the first the base")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", nargs="+", help="registry cells (prefix match)")
     args = ap.parse_args()
-    envs = [dict(e.split("=", 1) for e in args.a_env), dict(e.split("=", 1) for e in args.b_env)]
-    results = [[], []]
+    builds = []
+    for spec in args.builds:
+        pkg, _, env = spec.partition(":")
+        builds.append((pkg, dict(e.split("=", 1) for e in env.split(",") if e)))
+    results = [[] for _ in builds]
     for _ in range(args.rounds):
-        for i, pkg in enumerate((args.a, args.b)):
-            results[i].append(run(pkg, envs[i], args.threads, args.only))
-    levels = [r[0]["level"] for r in results]
-    print(f"A = {args.a} ({levels[0]}), B = {args.b} ({levels[1]}); {args.threads} threads, "
-          f"median of {args.rounds} rounds (each a median of its runs)")
-    worst = 0.0
+        for i, (pkg, env) in enumerate(builds):
+            results[i].append(run(pkg, env, args.threads, args.only))
+    for i, spec in enumerate(args.builds):
+        print(f"build {i}: {spec} ({results[i][0]['level']})")
+    print(f"{args.threads} threads, median of {args.rounds} rounds (each a median of its runs); "
+          "ratios to build 0")
+    worst = [0.0] * len(builds)
     for key in results[0][0]["times"]:
-        med = [sorted(r[key] for r in (x["times"] for x in res))[len(res) // 2] for res in results]
-        ratio = med[1] / med[0]
-        worst = max(worst, ratio)
-        print(f"{key:<34} A {med[0] * 1e3:9.3f} ms  B {med[1] * 1e3:9.3f} ms  B/A {ratio:5.3f}")
-    print(f"largest B/A: {worst:.3f}")
+        med = [sorted(r["times"][key] for r in res)[len(res) // 2] for res in results]
+        cols = "  ".join(f"{m * 1e3:9.3f} ms" + (f" ({m / med[0]:5.3f})" if i else "")
+                         for i, m in enumerate(med))
+        worst = [max(w, m / med[0]) for w, m in zip(worst, med)]
+        print(f"{key:<34} {cols}")
+    print("largest ratio to build 0: " + ", ".join(f"build {i} {w:.3f}"
+                                                  for i, w in enumerate(worst) if i))
 
 
 if __name__ == "__main__":
