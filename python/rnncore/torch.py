@@ -42,7 +42,8 @@ from rnncore.nn import cuda as _cuda_path
 from rnncore.nn import recurrent as _numpy_modules
 from rnncore.nn import registry as _registry
 
-__all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "InputError"]
+__all__ = ["RNN", "LSTM", "PeepholeLSTM", "GRU", "RNNCell", "LSTMCell", "PeepholeLSTMCell",
+           "GRUCell", "InputError"]
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -201,6 +202,24 @@ class _StackFunction(torch.autograd.Function):
         out.extend(_tensor(grads[name]) if need else None
                    for name, need in zip(call.names, needs[4:]))
         return tuple(out)
+
+
+def _tracing():
+    """Whether torch is tracing the call (torch.jit.trace, torch.compile, torch.export and the
+    dynamo ONNX exporter): then the modules run torch's own ops on the same parameters, which
+    every tracer and exporter knows (docs/torch.md, "compile, export, ONNX")."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+_TORCH_SEQUENCE_OPS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh",
+                       "rnn_relu": "rnn_relu"}
+
+
+def _no_torch_twin(module):
+    return NotImplementedError(
+        f"{module._name()} (registry cell {module.cell!r}) has no torch.nn twin, so it cannot be "
+        "traced, compiled or exported (torch.jit.trace, torch.compile, torch.export, "
+        "torch.onnx.export); only LSTM, GRU (reset_after=True) and RNN can")
 
 
 def _check_bool(name, value):
@@ -401,6 +420,8 @@ class _RNNBase(torch.nn.Module):
         input: (T, B, input_size), (B, T, input_size) with batch_first, unbatched (T, input_size)
         or a PackedSequence (then y is one, with the same batch_sizes and indices). States:
         (num_layers * num_directions, B, hidden_size), 2-D for unbatched input; zeros if None."""
+        if _tracing():
+            return self._torch_forward(input, hx)
         weights, dtype, params = self._weights()
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
@@ -432,6 +453,67 @@ class _RNNBase(torch.nn.Module):
         elif self.batch_first:
             y = y.transpose(0, 1)
         return y, self._pack_hx(out_states)
+
+    def _torch_forward(self, input, hx):
+        """forward with torch's own recurrent op (torch._VF.lstm / gru / rnn_tanh / rnn_relu,
+        what torch.nn's modules call) on this module's parameters: the path of traced, compiled
+        and exported calls."""
+        op = _TORCH_SEQUENCE_OPS.get(self.cell)
+        if op is None:
+            raise _no_torch_twin(self)
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = None
+        batched = True
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = batch_sizes[0]
+        else:
+            batched = input.dim() == 3
+            if not batched:
+                input = input.unsqueeze(1)
+            elif self.batch_first:
+                input = input.transpose(0, 1)
+            batch = input.size(1)
+        states = self._split_hx(hx)
+        shape = self._state_size(batch)
+        ref = data if packed else input
+        states = [torch.zeros(shape, dtype=ref.dtype, device=ref.device) if s is None
+                  else (s if batched else s.unsqueeze(1)) for s in states]
+        if sorted_indices is not None:
+            states = [s.index_select(1, sorted_indices) for s in states]
+        hx_arg = states if self._has_cell_state else states[0]
+        dropout = self.dropout if self.num_layers > 1 else 0.0
+        fn = getattr(torch._VF, op)
+        if packed:
+            result = fn(data, batch_sizes, hx_arg, weights, self.bias, self.num_layers, dropout,
+                        self.training, self.bidirectional)
+        else:
+            result = fn(input, hx_arg, weights, self.bias, self.num_layers, dropout,
+                        self.training, self.bidirectional, False)
+        y, out_states = result[0], list(result[1:])
+        if packed:
+            y = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                out_states = [s.index_select(1, unsorted_indices) for s in out_states]
+        elif not batched:
+            y = y.squeeze(1)
+            out_states = [s.squeeze(1) for s in out_states]
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, self._pack_hx(out_states)
+
+    def __getstate__(self):
+        # the engine (Stacks, views) is no part of the model: the pickle (torch.save of the
+        # module, copy.deepcopy) holds only torch's and this module's public classes
+        state = self.__dict__.copy()
+        state.pop("_engine", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._engine = _Engine(self.cell, self.input_size, self.hidden_size, self.num_layers,
+                               self.bidirectional)
 
     def _check_input(self, data, dtype, packed):
         """The input tensor (a PackedSequence's data): type, device, dtype, rank, features."""
@@ -561,6 +643,273 @@ class GRU(_RNNBase):
         self.reset_after = _check_bool("reset_after", reset_after)
         super().__init__({"reset_after": reset_after}, input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, device, dtype)
+
+    def _extra_repr(self):
+        return "" if self.reset_after else ", reset_after=False"
+
+
+# ---- cells: one time step per call, on the persistent step engine (rnncore._core.Step) -------
+
+class _StepEngines:
+    """A cell module's core.Step per numpy dtype, with the weights packed once and repacked only
+    when a parameter changed: a different tensor or memory, or a bumped `_version` (torch bumps
+    it on every in-place change: optimiser steps, load_state_dict, init_, `with no_grad(): w +=`).
+
+    Not part of the model: pickling (torch.save of a module, copy.deepcopy) leaves it out and
+    the unpickled module makes a fresh one."""
+
+    __slots__ = ("args", "steps")
+
+    def __init__(self, cell, input_size, hidden_size):
+        self.args = (cell, input_size, hidden_size)
+        self.steps = {}  # numpy dtype -> [Step, key of the packed weights]
+
+    def get(self, np_dtype, names, weights):
+        entry = self.steps.get(np_dtype)
+        if entry is None:
+            entry = self.steps[np_dtype] = [core.Step(*self.args, np_dtype), None]
+        key = [(w, w.data_ptr(), w._version) for w in weights]
+        old = entry[1]
+        if old is None or len(old) != len(key) or any(
+                a[0] is not b[0] or a[1] != b[1] or a[2] != b[2] for a, b in zip(old, key)):
+            entry[0].set_weights({n: w.detach().contiguous().numpy()
+                                  for n, w in zip(names, weights)})
+            entry[1] = key
+        return entry[0]
+
+
+def _np(t):
+    return None if t is None else t.detach().numpy()
+
+
+class _StepFunction(torch.autograd.Function):
+    """(h', c') = Step.forward(x, h, c); backward = Step.backward of the step's record.
+
+    x, h, c arrive contiguous CPU tensors of the weights' dtype (h, c may be None: zeros)."""
+
+    @staticmethod
+    def forward(ctx, step, names, x, h, c, *weights):
+        h1, c1, record = step.forward(x.numpy(), _np(h), _np(c), True)
+        ctx.step, ctx.names, ctx.record = step, names, record
+        # saved so that autograd refuses a backward after an in-place change of any of them,
+        # and for a recompute when the graph is back-propagated twice (retain_graph=True)
+        ctx.save_for_backward(x, h, c, *weights)
+        ctx.set_materialize_grads(False)
+        return torch.from_numpy(h1), None if c1 is None else torch.from_numpy(c1)
+
+    @staticmethod
+    def backward(ctx, dh, dc):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "rnncore.torch cells do not support gradients of gradients (create_graph=True "
+                "reached an rnncore.torch cell); use torch.nn's cell where second derivatives "
+                "are needed")
+        x, h, c, *weights = ctx.saved_tensors
+        record, ctx.record = ctx.record, None
+        step = ctx.step
+        if record is None:  # second backward through a retained graph: recompute the step
+            record = step.forward(x.numpy(), _np(h), _np(c), True)[2]
+        needs = ctx.needs_input_grad
+        grads = {n: torch.zeros_like(w) for n, w, need in zip(ctx.names, weights, needs[5:])
+                 if need}
+        dx, dh0, dc0 = step.backward(
+            record, None if dh is None else dh.contiguous().numpy(),
+            None if dc is None else dc.contiguous().numpy(),
+            {n: g.numpy() for n, g in grads.items()})
+        return (None, None,
+                torch.from_numpy(dx) if needs[2] else None,
+                torch.from_numpy(dh0) if needs[3] and h is not None else None,
+                torch.from_numpy(dc0) if needs[4] and c is not None and dc0 is not None
+                else None,
+                *(grads.get(n) for n in ctx.names))
+
+
+class _CellBase(torch.nn.Module):
+    """What RNNCell, LSTMCell, PeepholeLSTMCell and GRUCell share: torch.nn's parameters
+    (weight_ih (G*H, I), weight_hh (G*H, H), bias_ih, bias_hh (G*H,)), initialisation, input and
+    state checks (batched (B, I) or unbatched (I,) input) and the call into core.Step."""
+
+    _has_cell_state = False
+
+    def __init__(self, cell, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.cell = cell
+        info = _registry.info(cell)
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.bias = _check_bool("bias", bias)
+        if dtype is not None and dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (rnncore computes in "
+                            f"those), got {dtype}")
+        factory = {"device": device, "dtype": dtype}
+        G, H, I = info.gates, self.hidden_size, self.input_size
+        shapes = [("weight_ih", (G * H, I)), ("weight_hh", (G * H, H))]
+        if bias:
+            shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+        if info.peephole_rows:
+            shapes.append(("weight_peephole", (info.peephole_rows, H)))
+        for name, shape in shapes:
+            self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
+        if not bias:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self._names = tuple(name for name, _ in shapes)
+        self._engine = _StepEngines(cell, I, H)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """U(-1/sqrt(H), 1/sqrt(H)) for every parameter in registration order, as torch.nn."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -bound, bound)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_engine", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._engine = _StepEngines(self.cell, self.input_size, self.hidden_size)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        return s + self._extra_repr()
+
+    def _extra_repr(self):
+        return ""
+
+    def _name(self):
+        return f"rnncore.torch.{type(self).__name__}"
+
+    def _check(self, what, t, dtype, shape):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{self._name()}: {what} must be a torch.Tensor, got "
+                            f"{type(t).__name__}")
+        if t.device.type != "cpu":
+            raise NotImplementedError(
+                f"{self._name()} runs on CPU tensors only (rnncore's step engine has no CUDA "
+                f"path), but {what} is on {t.device}; use torch.nn's cell there")
+        if t.dtype != dtype:
+            raise ValueError(f"{self._name()}: {what} dtype ({t.dtype}) does not match weight "
+                             f"dtype ({dtype}); convert it with .to({dtype}), or the module "
+                             f"with .to({t.dtype})")
+        if tuple(t.shape) != shape:
+            raise InputError(f"{self._name()}: expected {what} of shape {shape}, got "
+                             f"{tuple(t.shape)}")
+        return t if t.is_contiguous() else t.contiguous()
+
+    def _split_hx(self, hx):
+        if hx is not None and isinstance(hx, (tuple, list)):
+            raise TypeError(f"{self._name()}: hx must be a tensor, got {type(hx).__name__}")
+        return hx, None
+
+    def _torch_forward(self, input, hx):
+        """forward with torch.nn's cell code on these parameters (traced/compiled/exported)."""
+        twin = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn_tanh": torch.nn.RNNCell,
+                "rnn_relu": torch.nn.RNNCell}.get(self.cell)
+        if twin is None:
+            raise _no_torch_twin(self)
+        return twin.forward(self, input, hx)
+
+    def forward(self, input, hx=None):
+        """h' = cell(input, h) (LSTM cells: (h', c') = cell(input, (h, c))), as torch.nn's
+        cells: input (B, input_size) or unbatched (input_size,), states (B, hidden_size) or
+        (hidden_size,), zeros when hx is None."""
+        params = self._parameters
+        weights = [params[n] for n in self._names]
+        dtype = weights[0].dtype
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            raise InputError(f"{self._name()}: Expected input to be 1D or 2D, got "
+                             f"{getattr(input, 'dim', lambda: type(input).__name__)()}"
+                             f"{'D' if isinstance(input, torch.Tensor) else ''} instead")
+        unbatched = input.dim() == 1
+        if _tracing():
+            return self._torch_forward(input, hx)
+        if dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"{self._name()} computes in float32 or float64; its parameters are "
+                            f"{dtype} (convert with .float() or .double())")
+        x = input.unsqueeze(0) if unbatched else input
+        B = x.shape[0]
+        x = self._check("input", x, dtype, (B, self.input_size))
+        h, c = self._split_hx(hx)
+        if h is not None:
+            h = self._check("hx", h.unsqueeze(0) if unbatched and h.dim() == 1 else h, dtype,
+                            (B, self.hidden_size))
+        if c is not None:
+            c = self._check("cx", c.unsqueeze(0) if unbatched and c.dim() == 1 else c, dtype,
+                            (B, self.hidden_size))
+        for name, w in zip(self._names, weights):
+            if w.device.type != "cpu" or w.dtype != dtype:
+                raise NotImplementedError(
+                    f"{self._name()}: parameter {name} is {w.dtype} on {w.device}; all "
+                    f"parameters must be CPU tensors of one dtype (float32 or float64)")
+        step = self._engine.get(_NUMPY_DTYPES[dtype], self._names, weights)
+        if torch.is_grad_enabled() and (
+                x.requires_grad or any(w.requires_grad for w in weights)
+                or (h is not None and h.requires_grad) or (c is not None and c.requires_grad)):
+            h1, c1 = _StepFunction.apply(step, self._names, x, h, c, *weights)
+        else:
+            h1, c1, _ = step.forward(x.numpy(), _np(h), _np(c), False)
+            h1 = torch.from_numpy(h1)
+            c1 = None if c1 is None else torch.from_numpy(c1)
+        if unbatched:
+            h1 = h1.squeeze(0)
+            c1 = None if c1 is None else c1.squeeze(0)
+        return (h1, c1) if self._has_cell_state else h1
+
+
+class RNNCell(_CellBase):
+    """torch.nn.RNNCell on rnncore: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
+    Same arguments (nonlinearity after bias, as in torch)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype)
+
+    def _extra_repr(self):
+        return "" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity}"
+
+
+class LSTMCell(_CellBase):
+    """torch.nn.LSTMCell on rnncore (gates [i, f, g, o]): (h', c') = cell(x, (h, c))."""
+
+    _has_cell_state = True
+    _cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(self._cell, input_size, hidden_size, bias, device, dtype)
+
+    def _split_hx(self, hx):
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{self._name()}: hx must be a tuple (h, c) of tensors, got "
+                            f"{type(hx).__name__}")
+        return hx[0], hx[1]
+
+
+class PeepholeLSTMCell(LSTMCell):
+    """LSTMCell with diagonal peepholes: weight_peephole (3, H), rows [i, f, o] (as
+    PeepholeLSTM; torch.nn has no twin)."""
+
+    _cell = "peephole_lstm"
+
+
+class GRUCell(_CellBase):
+    """torch.nn.GRUCell on rnncore (gates [r, z, n]); reset_after=False is the reset-before GRU
+    (Cho et al. 2014), which torch.nn has no cell for."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 reset_after=True):
+        self.reset_after = _check_bool("reset_after", reset_after)
+        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
+                         bias, device, dtype)
 
     def _extra_repr(self):
         return "" if self.reset_after else ", reset_after=False"
