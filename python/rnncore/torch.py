@@ -222,6 +222,109 @@ def _no_torch_twin(module):
         "torch.onnx.export); only LSTM, GRU (reset_after=True) and RNN can")
 
 
+# ---- custom ops: the engine as torch.library ops, for torch.compile ----------------------------
+# torch.compile cannot trace into the autograd.Function above (it hands numpy views to C++), so
+# compiled calls reach the engine through two custom ops with fake (shape) implementations:
+# rnncore::stack_forward (y, h_n, c_n) and rnncore::stack_backward (a training forward again,
+# then BPTT: the ops keep no workspace between them, so a compiled training step runs the
+# forward twice). Stacks for the ops come from one pool per (cell, sizes, dtype).
+
+_op_pool = {}
+_op_lock = threading.Lock()
+
+
+def _op_stack(key):
+    with _op_lock:
+        free = _op_pool.get(key)
+        if free:
+            return free.pop()
+    return core.Stack(*key)
+
+
+def _op_release(key, stack):
+    with _op_lock:
+        free = _op_pool.setdefault(key, [])
+        if len(free) < _MAX_FREE_STACKS:
+            free.append(stack)
+
+
+def _op_call(x, h0, c0, weights, names, cell, num_layers, bidirectional, training, dropout,
+             seed):
+    names = names.split(",")  # one string: custom ops take no list of strings
+    key = (cell, x.shape[2], h0.shape[2], num_layers, bidirectional, _NUMPY_DTYPES[x.dtype])
+    stack = _op_stack(key)
+    params = {n: w.detach().contiguous().numpy() for n, w in zip(names, weights)}
+    y, h_n, c_n = stack.forward(x.detach().contiguous().numpy(), params,
+                                h0=h0.detach().contiguous().numpy(),
+                                c0=c0.detach().contiguous().numpy() if c0.numel() else None,
+                                training=training, dropout=dropout, seed=seed)
+    return key, stack, params, y, h_n, c_n
+
+
+@torch.library.custom_op("rnncore::stack_forward", mutates_args=())
+def _stack_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                   weights: list[torch.Tensor], names: str, cell: str, num_layers: int,
+                   bidirectional: bool, dropout: float, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y (T, B, D*H), h_n, c_n) of a Stack over time-major x; c0/c_n are empty (0,) tensors
+    for cells without a cell state."""
+    key, stack, _, y, h_n, c_n = _op_call(x, h0, c0, weights, names, cell, num_layers,
+                                          bidirectional, dropout > 0, dropout, seed)
+    _op_release(key, stack)
+    return (torch.from_numpy(y), torch.from_numpy(h_n),
+            torch.from_numpy(c_n) if c_n is not None else c0.new_empty((0,)))
+
+
+@_stack_forward.register_fake
+def _(x, h0, c0, weights, names, cell, num_layers, bidirectional, dropout, seed):
+    D = 2 if bidirectional else 1
+    return (x.new_empty((x.shape[0], x.shape[1], D * h0.shape[2])), torch.empty_like(h0),
+            torch.empty_like(c0))
+
+
+@torch.library.custom_op("rnncore::stack_backward", mutates_args=())
+def _stack_backward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                    weights: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
+                    dc_n: torch.Tensor, names: str, cell: str, num_layers: int,
+                    bidirectional: bool, dropout: float, seed: int) -> list[torch.Tensor]:
+    """[dx, dh0, dc0, *dweights]: the training forward again (same dropout seed), then BPTT."""
+    key, stack, params, *_ = _op_call(x, h0, c0, weights, names, cell, num_layers,
+                                      bidirectional, True, dropout, seed)
+    names = names.split(",")
+    grads = {n: np.zeros(tuple(w.shape), _NUMPY_DTYPES[x.dtype]) for n, w in zip(names, weights)}
+    try:
+        dx, dh0, dc0 = stack.backward(dy.contiguous().numpy(), params, grads,
+                                      dh_n=dh_n.contiguous().numpy(),
+                                      dc_n=dc_n.contiguous().numpy() if dc_n.numel() else None)
+    finally:
+        _op_release(key, stack)
+    return [torch.from_numpy(dx), torch.from_numpy(dh0),
+            torch.from_numpy(dc0) if dc0 is not None else c0.new_zeros(c0.shape),
+            *(torch.from_numpy(grads[n]) for n in names)]
+
+
+@_stack_backward.register_fake
+def _(x, h0, c0, weights, dy, dh_n, dc_n, names, cell, num_layers, bidirectional, dropout,
+      seed):
+    return [torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0),
+            *(torch.empty_like(w) for w in weights)]
+
+
+def _stack_setup(ctx, inputs, output):
+    x, h0, c0, weights, *args = inputs
+    ctx.save_for_backward(x, h0, c0, *weights)
+    ctx.args = args
+
+
+def _stack_grad(ctx, dy, dh_n, dc_n):
+    x, h0, c0, *weights = ctx.saved_tensors
+    grads = _stack_backward(x, h0, c0, weights, dy, dh_n, dc_n, *ctx.args)
+    return (grads[0], grads[1], grads[2], list(grads[3:])) + (None,) * len(ctx.args)
+
+
+_stack_forward.register_autograd(_stack_grad, setup_context=_stack_setup)
+
+
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
@@ -421,6 +524,10 @@ class _RNNBase(torch.nn.Module):
         or a PackedSequence (then y is one, with the same batch_sizes and indices). States:
         (num_layers * num_directions, B, hidden_size), 2-D for unbatched input; zeros if None."""
         if _tracing():
+            if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                    and not isinstance(input, PackedSequence)
+                    and not (self.training and self.dropout > 0 and self.num_layers > 1)):
+                return self._op_forward(input, hx)
             return self._torch_forward(input, hx)
         weights, dtype, params = self._weights()
         packed = isinstance(input, PackedSequence)
@@ -448,6 +555,29 @@ class _RNNBase(torch.nn.Module):
             if input.unsorted_indices is not None:
                 out_states = [s.index_select(1, input.unsorted_indices) for s in out_states]
         elif not batched:
+            y = y.squeeze(1)
+            out_states = [s.squeeze(1) for s in out_states]
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, self._pack_hx(out_states)
+
+    def _op_forward(self, input, hx):
+        """forward through the rnncore::stack_forward custom op (torch.compile)."""
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        states = self._split_hx(hx)
+        shape = self._state_size(x.shape[1])
+        states = [x.new_zeros(shape) if s is None else (s if batched else s.unsqueeze(1))
+                  for s in states]
+        c0 = states[1] if self._has_cell_state else x.new_empty((0,))
+        y, h_n, c_n = _stack_forward(x.contiguous(), states[0].contiguous(), c0.contiguous(),
+                                     weights, ",".join(self._flat_weights_names), self.cell,
+                                     self.num_layers, self.bidirectional, 0.0, 0)
+        out_states = [h_n, c_n] if self._has_cell_state else [h_n]
+        if not batched:
             y = y.squeeze(1)
             out_states = [s.squeeze(1) for s in out_states]
         elif self.batch_first:
