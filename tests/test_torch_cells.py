@@ -171,3 +171,30 @@ def test_errors():
         cell(torch.randn(B, I), torch.zeros(B, H))
     with pytest.raises(TypeError):
         rt.GRUCell(I, H, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: rt.LSTMCell(I, H, **kw), lambda **kw: rt.GRUCell(I, H, **kw),
+    lambda **kw: rt.LSTM(I, H, num_layers=2, **kw), lambda **kw: rt.GRU(I, H, **kw),
+    lambda **kw: rt.RNN(I, H, **kw), lambda **kw: rt.PeepholeLSTM(I, H, **kw)])
+def test_precision_bf16(make):
+    import rnncore
+    torch.manual_seed(0)
+    exact = make()
+    torch.manual_seed(0)
+    bf16 = make(precision="bf16")
+    assert "precision='bf16'" in repr(bf16) and bf16.precision == "bf16"
+    x = torch.randn(6, B, I) if isinstance(bf16, rt.LSTM.__mro__[1]) else torch.randn(B, I)
+    x.requires_grad_()
+    outs = [states(m(x)[0] if isinstance(m, rt.LSTM.__mro__[1]) else m(x)) for m in (exact, bf16)]
+    grads = [torch.autograd.grad(sum(o.sum() for o in out), [x] + list(m.parameters()))
+             for out, m in zip(outs, (exact, bf16))]
+    # without a bf16 kernel (AVX2 CPUs) "bf16" runs the float32 path: identical results
+    tol = dict(rtol=0, atol=0) if rnncore.bf16_kernel() == "none" else dict(rtol=0.05,
+                                                                            atol=0.02)
+    for a, b in zip(outs[0] + list(grads[0]), outs[1] + list(grads[1])):
+        torch.testing.assert_close(b, a, **tol)
+    with pytest.raises(ValueError, match="float32"):
+        make(precision="bf16", dtype=torch.float64)
+    with pytest.raises(ValueError, match="precision"):
+        make(precision="fp8")

@@ -39,6 +39,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import torch
 from rnncore._ext import core
 from rnncore.nn import cuda as _cuda_path
+from rnncore.nn import precision as _precision
 from rnncore.nn import recurrent as _numpy_modules
 from rnncore.nn import registry as _registry
 
@@ -65,8 +66,10 @@ class _Engine:
     Not part of the model: pickling (torch.save of a module, copy.deepcopy) makes an empty one of
     the same shape."""
 
-    def __init__(self, cell, input_size, hidden_size, num_layers, bidirectional):
+    def __init__(self, cell, input_size, hidden_size, num_layers, bidirectional,
+                 precision="float32"):
         self._args = (cell, input_size, hidden_size, num_layers, bidirectional)
+        self._precision = precision
         self._free = []  # (numpy dtype, Stack)
         self._lock = threading.Lock()
         # (weights, their data pointers, torch dtype, {name: numpy view}) of the last call:
@@ -82,8 +85,12 @@ class _Engine:
                 if self._free[i][0] == key:
                     return self._free.pop(i)[1]
         if device is not None:
+            if self._precision != "float32":
+                raise NotImplementedError(f"precision={self._precision!r} runs on the CPU only; "
+                                          "rnncore's CUDA path computes in float32")
             return _cuda_path.CudaStack(*self._args, dtype)
-        return core.Stack(*self._args, dtype)
+        _precision.check_precision(self._precision, dtype)
+        return core.Stack(*self._args, dtype, self._precision)
 
     def release(self, dtype, stack, device=None):
         key = dtype if device is None else (dtype, str(device))
@@ -100,7 +107,7 @@ class _Engine:
         return len(self._free)
 
     def __reduce__(self):
-        return (_Engine, self._args)
+        return (_Engine, self._args + (self._precision,))
 
 
 class _Call:
@@ -249,9 +256,10 @@ def _op_release(key, stack):
 
 
 def _op_call(x, h0, c0, weights, names, cell, num_layers, bidirectional, training, dropout,
-             seed):
+             seed, precision):
     names = names.split(",")  # one string: custom ops take no list of strings
-    key = (cell, x.shape[2], h0.shape[2], num_layers, bidirectional, _NUMPY_DTYPES[x.dtype])
+    key = (cell, x.shape[2], h0.shape[2], num_layers, bidirectional, _NUMPY_DTYPES[x.dtype],
+           precision)
     stack = _op_stack(key)
     params = {n: w.detach().contiguous().numpy() for n, w in zip(names, weights)}
     y, h_n, c_n = stack.forward(x.detach().contiguous().numpy(), params,
@@ -264,19 +272,19 @@ def _op_call(x, h0, c0, weights, names, cell, num_layers, bidirectional, trainin
 @torch.library.custom_op("rnncore::stack_forward", mutates_args=())
 def _stack_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
                    weights: list[torch.Tensor], names: str, cell: str, num_layers: int,
-                   bidirectional: bool, dropout: float, seed: int
+                   bidirectional: bool, dropout: float, seed: int, precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y (T, B, D*H), h_n, c_n) of a Stack over time-major x; c0/c_n are empty (0,) tensors
     for cells without a cell state."""
     key, stack, _, y, h_n, c_n = _op_call(x, h0, c0, weights, names, cell, num_layers,
-                                          bidirectional, dropout > 0, dropout, seed)
+                                          bidirectional, dropout > 0, dropout, seed, precision)
     _op_release(key, stack)
     return (torch.from_numpy(y), torch.from_numpy(h_n),
             torch.from_numpy(c_n) if c_n is not None else c0.new_empty((0,)))
 
 
 @_stack_forward.register_fake
-def _(x, h0, c0, weights, names, cell, num_layers, bidirectional, dropout, seed):
+def _(x, h0, c0, weights, names, cell, num_layers, bidirectional, dropout, seed, precision):
     D = 2 if bidirectional else 1
     return (x.new_empty((x.shape[0], x.shape[1], D * h0.shape[2])), torch.empty_like(h0),
             torch.empty_like(c0))
@@ -286,10 +294,11 @@ def _(x, h0, c0, weights, names, cell, num_layers, bidirectional, dropout, seed)
 def _stack_backward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
                     weights: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
                     dc_n: torch.Tensor, names: str, cell: str, num_layers: int,
-                    bidirectional: bool, dropout: float, seed: int) -> list[torch.Tensor]:
+                    bidirectional: bool, dropout: float, seed: int, precision: str
+                    ) -> list[torch.Tensor]:
     """[dx, dh0, dc0, *dweights]: the training forward again (same dropout seed), then BPTT."""
     key, stack, params, *_ = _op_call(x, h0, c0, weights, names, cell, num_layers,
-                                      bidirectional, True, dropout, seed)
+                                      bidirectional, True, dropout, seed, precision)
     names = names.split(",")
     grads = {n: np.zeros(tuple(w.shape), _NUMPY_DTYPES[x.dtype]) for n, w in zip(names, weights)}
     try:
@@ -305,7 +314,7 @@ def _stack_backward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
 
 @_stack_backward.register_fake
 def _(x, h0, c0, weights, dy, dh_n, dc_n, names, cell, num_layers, bidirectional, dropout,
-      seed):
+      seed, precision):
     return [torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0),
             *(torch.empty_like(w) for w in weights)]
 
@@ -353,8 +362,11 @@ class _RNNBase(torch.nn.Module):
     mode = None
 
     def __init__(self, cell_options, input_size, hidden_size, num_layers=1, bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 precision="float32"):
         super().__init__()
+        self.precision = _precision.check_precision(
+            precision, _NUMPY_DTYPES.get(dtype or torch.get_default_dtype(), np.float32))
         self.cell = _registry.select(self._numpy_class, **cell_options)
         info = _registry.info(self.cell)
         self.input_size = _check_size("input_size", input_size)
@@ -395,7 +407,8 @@ class _RNNBase(torch.nn.Module):
                     self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
-        self._engine = _Engine(self.cell, self.input_size, H, self.num_layers, self.bidirectional)
+        self._engine = _Engine(self.cell, self.input_size, H, self.num_layers, self.bidirectional,
+                               self.precision)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -430,6 +443,8 @@ class _RNNBase(torch.nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
+        if self.precision != "float32":
+            s += f", precision={self.precision!r}"
         return s + self._extra_repr()
 
     def _extra_repr(self):
@@ -575,7 +590,8 @@ class _RNNBase(torch.nn.Module):
         c0 = states[1] if self._has_cell_state else x.new_empty((0,))
         y, h_n, c_n = _stack_forward(x.contiguous(), states[0].contiguous(), c0.contiguous(),
                                      weights, ",".join(self._flat_weights_names), self.cell,
-                                     self.num_layers, self.bidirectional, 0.0, 0)
+                                     self.num_layers, self.bidirectional, 0.0, 0,
+                                     self.precision)
         out_states = [h_n, c_n] if self._has_cell_state else [h_n]
         if not batched:
             y = y.squeeze(1)
@@ -643,7 +659,7 @@ class _RNNBase(torch.nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._engine = _Engine(self.cell, self.input_size, self.hidden_size, self.num_layers,
-                               self.bidirectional)
+                               self.bidirectional, self.precision)
 
     def _check_input(self, data, dtype, packed):
         """The input tensor (a PackedSequence's data): type, device, dtype, rank, features."""
@@ -719,14 +735,15 @@ class RNN(_RNNBase):
     _numpy_class = _numpy_modules.RNN
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 *, precision="float32"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
                              "'relu'.")
         self.nonlinearity = nonlinearity
         self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__({"nonlinearity": nonlinearity}, input_size, hidden_size, num_layers,
-                         bias, batch_first, dropout, bidirectional, device, dtype)
+                         bias, batch_first, dropout, bidirectional, device, dtype, precision)
 
 
 class LSTM(_LSTMStates, _RNNBase):
@@ -737,13 +754,13 @@ class LSTM(_LSTMStates, _RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 peephole=False):
+                 peephole=False, precision="float32"):
         if proj_size != 0:
             raise ValueError(f"rnncore.torch.LSTM has no projections: proj_size must be 0, got "
                              f"{proj_size!r} (torch.nn.LSTM has them)")
         self.peephole = _check_bool("peephole", peephole)
         super().__init__({"peephole": peephole}, input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, device, dtype)
+                         batch_first, dropout, bidirectional, device, dtype, precision)
 
     def _extra_repr(self):
         return ", peephole=True" if self.peephole and type(self) is LSTM else ""
@@ -754,9 +771,11 @@ class PeepholeLSTM(LSTM):
     gates look at c_{t-1}, the output gate at the new c_t. LSTM(..., peephole=True)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 precision="float32"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device=device, dtype=dtype, peephole=True)
+                         bidirectional, device=device, dtype=dtype, peephole=True,
+                         precision=precision)
 
 
 class GRU(_RNNBase):
@@ -769,10 +788,11 @@ class GRU(_RNNBase):
     mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True,
+                 precision="float32"):
         self.reset_after = _check_bool("reset_after", reset_after)
         super().__init__({"reset_after": reset_after}, input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, device, dtype)
+                         batch_first, dropout, bidirectional, device, dtype, precision)
 
     def _extra_repr(self):
         return "" if self.reset_after else ", reset_after=False"
@@ -788,16 +808,19 @@ class _StepEngines:
     Not part of the model: pickling (torch.save of a module, copy.deepcopy) leaves it out and
     the unpickled module makes a fresh one."""
 
-    __slots__ = ("args", "steps")
+    __slots__ = ("args", "precision", "steps")
 
-    def __init__(self, cell, input_size, hidden_size):
+    def __init__(self, cell, input_size, hidden_size, precision="float32"):
         self.args = (cell, input_size, hidden_size)
+        self.precision = precision
         self.steps = {}  # numpy dtype -> [Step, key of the packed weights]
 
     def get(self, np_dtype, names, weights):
         entry = self.steps.get(np_dtype)
         if entry is None:
-            entry = self.steps[np_dtype] = [core.Step(*self.args, np_dtype), None]
+            _precision.check_precision(self.precision, np_dtype)
+            entry = self.steps[np_dtype] = [core.Step(*self.args, np_dtype, self.precision),
+                                            None]
         key = [(w, w.data_ptr(), w._version) for w in weights]
         old = entry[1]
         if old is None or len(old) != len(key) or any(
@@ -861,9 +884,12 @@ class _CellBase(torch.nn.Module):
 
     _has_cell_state = False
 
-    def __init__(self, cell, input_size, hidden_size, bias=True, device=None, dtype=None):
+    def __init__(self, cell, input_size, hidden_size, bias=True, device=None, dtype=None,
+                 precision="float32"):
         super().__init__()
         self.cell = cell
+        self.precision = _precision.check_precision(
+            precision, _NUMPY_DTYPES.get(dtype or torch.get_default_dtype(), np.float32))
         info = _registry.info(cell)
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
@@ -884,7 +910,7 @@ class _CellBase(torch.nn.Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self._names = tuple(name for name, _ in shapes)
-        self._engine = _StepEngines(cell, I, H)
+        self._engine = _StepEngines(cell, I, H, self.precision)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -900,12 +926,14 @@ class _CellBase(torch.nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._engine = _StepEngines(self.cell, self.input_size, self.hidden_size)
+        self._engine = _StepEngines(self.cell, self.input_size, self.hidden_size, self.precision)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.bias is not True:
             s += f", bias={self.bias}"
+        if self.precision != "float32":
+            s += f", precision={self.precision!r}"
         return s + self._extra_repr()
 
     def _extra_repr(self):
@@ -996,11 +1024,12 @@ class RNNCell(_CellBase):
     Same arguments (nonlinearity after bias, as in torch)."""
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
-                 dtype=None):
+                 dtype=None, *, precision="float32"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype)
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype,
+                         precision)
 
     def _extra_repr(self):
         return "" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity}"
@@ -1012,8 +1041,9 @@ class LSTMCell(_CellBase):
     _has_cell_state = True
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(self._cell, input_size, hidden_size, bias, device, dtype)
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 precision="float32"):
+        super().__init__(self._cell, input_size, hidden_size, bias, device, dtype, precision)
 
     def _split_hx(self, hx):
         if hx is None:
@@ -1036,10 +1066,10 @@ class GRUCell(_CellBase):
     (Cho et al. 2014), which torch.nn has no cell for."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 reset_after=True):
+                 reset_after=True, precision="float32"):
         self.reset_after = _check_bool("reset_after", reset_after)
         super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
-                         bias, device, dtype)
+                         bias, device, dtype, precision)
 
     def _extra_repr(self):
         return "" if self.reset_after else ", reset_after=False"
