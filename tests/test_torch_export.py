@@ -146,3 +146,27 @@ def test_state_dict_both_ways_and_to_dtype(ours_cls, theirs_cls, kw):
     assert ours.to(torch.float64) is ours
     assert all(p.dtype == torch.float64 for p in ours.parameters())
     torch.testing.assert_close(ours(x.double()), theirs.double()(x.double()))
+
+
+@pytest.mark.parametrize("cls,kw", [(rt.GRU, {}), (rt.LSTM, {}), (rt.PeepholeLSTM, {}),
+                                    (rt.GRU, {"reset_after": False})],
+                         ids=["gru", "lstm", "peephole_lstm", "gru_reset_before"])
+def test_rnncore_onnx_exports_torch_modules_with_lengths(cls, kw, tmp_path):
+    """rnncore.onnx.to_onnx(an rnncore.torch module, lengths=True): variable-length input (what
+    torch's exporters refuse as PackedSequence), cells torch has no op for too."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import rnncore.onnx
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch.manual_seed(0)
+    module = cls(3, 5, num_layers=2, bidirectional=True, **kw).eval()
+    path = tmp_path / "m.onnx"
+    rnncore.onnx.to_onnx(module, path, lengths=True)
+    x = torch.randn(6, 3, 3)
+    lengths = torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        y, _ = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    y, _ = pad_packed_sequence(y, total_length=6)
+    session = ort.InferenceSession(str(path))
+    got = session.run(["y"], {"x": x.numpy(), "lengths": lengths.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), y, rtol=1e-4, atol=1e-5)

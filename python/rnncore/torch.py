@@ -576,6 +576,27 @@ class _RNNBase(torch.nn.Module):
             y = y.transpose(0, 1)
         return y, self._pack_hx(out_states)
 
+    def to_numpy(self):
+        """The rnncore numpy module (rnncore.LSTM, GRU, RNN, PeepholeLSTM) of this module's
+        configuration, precision and dtype, holding a copy of its weights: for
+        rnncore.onnx.to_onnx (which calls it) or torch-free inference."""
+        cls, options = _registry.module_variant(self.cell)
+        dtype = self._flat_weights_dtype()
+        module = cls(self.input_size, self.hidden_size, num_layers=self.num_layers,
+                     bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                     bidirectional=self.bidirectional, dtype=_NUMPY_DTYPES[dtype],
+                     precision=self.precision, **options)
+        module.load_state_dict({name: getattr(self, name).detach().cpu().numpy().copy()
+                                for name in self._flat_weights_names})
+        return module
+
+    def _flat_weights_dtype(self):
+        dtype = getattr(self, self._flat_weights_names[0]).dtype
+        if dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"{self._name()}: parameters are {dtype}; rnncore's numpy modules "
+                            "hold float32 or float64")
+        return dtype
+
     def _op_forward(self, input, hx):
         """forward through the rnncore::stack_forward custom op (torch.compile)."""
         weights = [getattr(self, name) for name in self._flat_weights_names]
