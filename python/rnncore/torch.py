@@ -22,8 +22,17 @@ graph (retain_graph=True) recomputes the forward first, with the same dropout se
 
 CUDA tensors run on rnncore's CUDA path (rnncore.cuda, docs/cuda.md) when it was built and a
 device is there: module and inputs on one device, read in place, outputs allocated by torch.
-Not supported (a clear error): other non-CPU tensors, CUDA tensors without rnncore's CUDA path,
-float16/bfloat16 parameters, proj_size > 0, double backward (gradients of gradients).
+Not supported (a clear error): other non-CPU tensors, CUDA tensors without rnncore's CUDA path
+(and CUDA tensors in cells), float16/bfloat16 parameters, proj_size > 0, double backward
+(gradients of gradients).
+Cells (RNNCell, LSTMCell, PeepholeLSTMCell, GRUCell) are drop-ins for torch.nn's cells on the
+persistent step engine (core.Step, weights packed once, repacked when a parameter's identity,
+memory or _version counter moved), one autograd.Function per step; CPU only.
+
+Tracers: torch.compile reaches the engine through the custom ops rnncore::stack_forward /
+rnncore::stack_backward; torch.jit.trace, torch.export and torch.onnx.export see torch's own
+recurrent ops (torch._VF.lstm, ...) on the same parameters. torch.save pickles no engine
+object. precision="bf16" as on the numpy modules. docs/torch.md says what works where.
 Only this module imports torch: `import rnncore` stays torch-free.
 """
 from __future__ import annotations
