@@ -170,3 +170,26 @@ def test_rnncore_onnx_exports_torch_modules_with_lengths(cls, kw, tmp_path):
     session = ort.InferenceSession(str(path))
     got = session.run(["y"], {"x": x.numpy(), "lengths": lengths.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls", [(rt.LSTMCell, torch.nn.LSTMCell),
+                                                 (rt.GRUCell, torch.nn.GRUCell),
+                                                 (rt.RNNCell, torch.nn.RNNCell)],
+                         ids=["lstm", "gru", "rnn"])
+def test_cells_compile_export_trace(ours_cls, theirs_cls):
+    torch.manual_seed(0)
+    ours = ours_cls(3, 5, dtype=torch.float64)
+    theirs = theirs_cls(3, 5, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+
+    def loop(cell, x):
+        h = None
+        for t in range(x.shape[0]):
+            h = cell(x[t], h)
+        return h[0] if isinstance(h, tuple) else h
+
+    torch.testing.assert_close(torch.compile(lambda x: loop(ours, x), fullgraph=True)(x),
+                               loop(theirs, x))
+    torch.testing.assert_close(torch.export.export(ours, (x[0],)).module()(x[1]), theirs(x[1]))
+    torch.testing.assert_close(torch.jit.trace(ours, (x[0],))(x[2]), theirs(x[2]))
