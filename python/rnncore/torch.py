@@ -227,8 +227,18 @@ def _tracing():
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-_TORCH_SEQUENCE_OPS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh",
-                       "rnn_relu": "rnn_relu"}
+def _torch_mode(cell):
+    """torch.nn's mode of the module computing registry cell `cell` ("LSTM", "GRU",
+    "RNN_TANH", "RNN_RELU"; torch._VF's op is its lower case), None when torch.nn has none.
+    Read from the registry's variants (docs/adding_a_cell.md: no cell names here)."""
+    cls, options = _registry.module_variant(cell)
+    if cls is _numpy_modules.LSTM:
+        return None if options.get("peephole") else "LSTM"
+    if cls is _numpy_modules.GRU:
+        return "GRU" if options.get("reset_after", True) else None
+    if cls is _numpy_modules.RNN:
+        return "RNN_" + options.get("nonlinearity", "tanh").upper()
+    return None
 
 
 def _no_torch_twin(module):
@@ -634,8 +644,8 @@ class _RNNBase(torch.nn.Module):
         """forward with torch's own recurrent op (torch._VF.lstm / gru / rnn_tanh / rnn_relu,
         what torch.nn's modules call) on this module's parameters: the path of traced, compiled
         and exported calls."""
-        op = _TORCH_SEQUENCE_OPS.get(self.cell)
-        if op is None:
+        mode = _torch_mode(self.cell)
+        if mode is None:
             raise _no_torch_twin(self)
         weights = [getattr(self, name) for name in self._flat_weights_names]
         packed = isinstance(input, PackedSequence)
@@ -660,7 +670,7 @@ class _RNNBase(torch.nn.Module):
             states = [s.index_select(1, sorted_indices) for s in states]
         hx_arg = states if self._has_cell_state else states[0]
         dropout = self.dropout if self.num_layers > 1 else 0.0
-        fn = getattr(torch._VF, op)
+        fn = getattr(torch._VF, mode.lower())
         if packed:
             result = fn(data, batch_sizes, hx_arg, weights, self.bias, self.num_layers, dropout,
                         self.training, self.bidirectional)
@@ -996,8 +1006,9 @@ class _CellBase(torch.nn.Module):
 
     def _torch_forward(self, input, hx):
         """forward with torch.nn's cell code on these parameters (traced/compiled/exported)."""
-        twin = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn_tanh": torch.nn.RNNCell,
-                "rnn_relu": torch.nn.RNNCell}.get(self.cell)
+        mode = _torch_mode(self.cell)
+        twin = None if mode is None else {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell
+                                          }.get(mode, torch.nn.RNNCell)
         if twin is None:
             raise _no_torch_twin(self)
         return twin.forward(self, input, hx)
@@ -1058,7 +1069,8 @@ class RNNCell(_CellBase):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, device, dtype,
+        super().__init__(_registry.select(_numpy_modules.RNN, nonlinearity=nonlinearity),
+                         input_size, hidden_size, bias, device, dtype,
                          precision)
 
     def _extra_repr(self):
@@ -1069,11 +1081,12 @@ class LSTMCell(_CellBase):
     """torch.nn.LSTMCell on rnncore (gates [i, f, g, o]): (h', c') = cell(x, (h, c))."""
 
     _has_cell_state = True
-    _cell = "lstm"
+    _peephole = False
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  precision="float32"):
-        super().__init__(self._cell, input_size, hidden_size, bias, device, dtype, precision)
+        super().__init__(_registry.select(_numpy_modules.LSTM, peephole=self._peephole),
+                         input_size, hidden_size, bias, device, dtype, precision)
 
     def _split_hx(self, hx):
         if hx is None:
@@ -1088,7 +1101,7 @@ class PeepholeLSTMCell(LSTMCell):
     """LSTMCell with diagonal peepholes: weight_peephole (3, H), rows [i, f, o] (as
     PeepholeLSTM; torch.nn has no twin)."""
 
-    _cell = "peephole_lstm"
+    _peephole = True
 
 
 class GRUCell(_CellBase):
@@ -1098,7 +1111,8 @@ class GRUCell(_CellBase):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True, precision="float32"):
         self.reset_after = _check_bool("reset_after", reset_after)
-        super().__init__("gru" if reset_after else "gru_reset_before", input_size, hidden_size,
+        super().__init__(_registry.select(_numpy_modules.GRU, reset_after=reset_after),
+                         input_size, hidden_size,
                          bias, device, dtype, precision)
 
     def _extra_repr(self):
