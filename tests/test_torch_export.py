@@ -193,3 +193,28 @@ def test_cells_compile_export_trace(ours_cls, theirs_cls):
                                loop(theirs, x))
     torch.testing.assert_close(torch.export.export(ours, (x[0],)).module()(x[1]), theirs(x[1]))
     torch.testing.assert_close(torch.jit.trace(ours, (x[0],))(x[2]), theirs(x[2]))
+
+
+def test_compile_dropout_training_mode():
+    """Dropout between layers under torch.compile: the rnncore::stack_* ops take the seed as a
+    tensor drawn from torch's generator (a new mask each call, repeatable by torch.manual_seed),
+    and the backward op replays the forward's mask."""
+    torch.manual_seed(0)
+    model = rt.LSTM(3, 5, num_layers=2, dropout=0.5, dtype=torch.float64)
+    compiled = torch.compile(model, fullgraph=True)
+    x = x_of().transpose(0, 1).contiguous()
+    torch.manual_seed(1)
+    y1 = compiled(x)[0]
+    y1.sum().backward()
+    g1 = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(1)
+    y2 = compiled(x)[0]
+    y3 = compiled(x)[0]
+    assert torch.equal(y1, y2) and not torch.equal(y2, y3)
+    y2.sum().backward()
+    for a, p in zip(g1, model.parameters()):
+        assert torch.equal(a, p.grad)
+    with torch.no_grad():  # the mask is one: dropout=0 on a module of the same weights agrees
+        model.eval()
+        torch.testing.assert_close(compiled(x)[0], model(x)[0])

@@ -284,14 +284,14 @@ def _op_call(x, h0, c0, weights, names, cell, num_layers, bidirectional, trainin
     y, h_n, c_n = stack.forward(x.detach().contiguous().numpy(), params,
                                 h0=h0.detach().contiguous().numpy(),
                                 c0=c0.detach().contiguous().numpy() if c0.numel() else None,
-                                training=training, dropout=dropout, seed=seed)
+                                training=training, dropout=dropout, seed=int(seed))
     return key, stack, params, y, h_n, c_n
 
 
 @torch.library.custom_op("rnncore::stack_forward", mutates_args=())
 def _stack_forward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
                    weights: list[torch.Tensor], names: str, cell: str, num_layers: int,
-                   bidirectional: bool, dropout: float, seed: int, precision: str
+                   bidirectional: bool, dropout: float, seed: torch.Tensor, precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y (T, B, D*H), h_n, c_n) of a Stack over time-major x; c0/c_n are empty (0,) tensors
     for cells without a cell state."""
@@ -313,7 +313,7 @@ def _(x, h0, c0, weights, names, cell, num_layers, bidirectional, dropout, seed,
 def _stack_backward(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
                     weights: list[torch.Tensor], dy: torch.Tensor, dh_n: torch.Tensor,
                     dc_n: torch.Tensor, names: str, cell: str, num_layers: int,
-                    bidirectional: bool, dropout: float, seed: int, precision: str
+                    bidirectional: bool, dropout: float, seed: torch.Tensor, precision: str
                     ) -> list[torch.Tensor]:
     """[dx, dh0, dc0, *dweights]: the training forward again (same dropout seed), then BPTT."""
     key, stack, params, *_ = _op_call(x, h0, c0, weights, names, cell, num_layers,
@@ -559,8 +559,7 @@ class _RNNBase(torch.nn.Module):
         (num_layers * num_directions, B, hidden_size), 2-D for unbatched input; zeros if None."""
         if _tracing():
             if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-                    and not isinstance(input, PackedSequence)
-                    and not (self.training and self.dropout > 0 and self.num_layers > 1)):
+                    and not isinstance(input, PackedSequence)):
                 return self._op_forward(input, hx)
             return self._torch_forward(input, hx)
         weights, dtype, params = self._weights()
@@ -628,9 +627,13 @@ class _RNNBase(torch.nn.Module):
         states = [x.new_zeros(shape) if s is None else (s if batched else s.unsqueeze(1))
                   for s in states]
         c0 = states[1] if self._has_cell_state else x.new_empty((0,))
+        # dropout between layers (training mode): the seed a tensor drawn from torch's
+        # generator, so that the compiled graph draws a new one every call, as eager does
+        dropout = self.dropout if self.training and self.num_layers > 1 else 0.0
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64)
         y, h_n, c_n = _stack_forward(x.contiguous(), states[0].contiguous(), c0.contiguous(),
                                      weights, ",".join(self._flat_weights_names), self.cell,
-                                     self.num_layers, self.bidirectional, 0.0, 0,
+                                     self.num_layers, self.bidirectional, dropout, seed,
                                      self.precision)
         out_states = [h_n, c_n] if self._has_cell_state else [h_n]
         if not batched:
