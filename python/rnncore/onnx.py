@@ -229,7 +229,8 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     when given (a file name or path-like).
 
     model: an rnncore RNN / LSTM / PeepholeLSTM / GRU module (any num_layers, bidirectional,
-    batch_first, bias), or an rnncore.lm.LanguageModel.
+    batch_first, bias), the rnncore.torch module of one (converted with its to_numpy()), or an
+    rnncore.lm.LanguageModel.
     Graph inputs: "x" (T, B, input_size) ((B, T, input_size) with batch_first), or "tokens"
     (T, B) int64 for a language model; with initial_state, "h0" (and "c0" for LSTMs) of shape
     (num_layers * num_directions, B, hidden_size); with lengths (modules only), "lengths"
@@ -239,6 +240,9 @@ def to_onnx(model, path=None, *, initial_state=False, lengths=False, dtype=None,
     model's dtype; onnxruntime's CPU operators run float32 only). Dropout is not exported (an
     inference graph). opset: the ONNX opset, >= 14."""
     onnx = _require_onnx()
+    if not isinstance(model, (LanguageModel, _RNNBase)) and callable(
+            getattr(model, "to_numpy", None)):
+        model = model.to_numpy()  # an rnncore.torch module: its numpy twin, same weights
     lm = isinstance(model, LanguageModel)
     module = model.rnn if lm else model
     _export_form(module)  # a ValueError for what ONNX cannot express, before the other checks

@@ -25,6 +25,7 @@ from rnncore.nn.module import (
     check_lengths,
     check_parameter_memory,
     check_shape,
+    float_dtype,
     positive_int,
     uniform,
 )
@@ -267,7 +268,18 @@ class _RNNBase(Module):
         """Moves parameters and gradients to 'cuda', 'cuda:N' (device arrays of torch or CuPy)
         or 'cpu' (numpy); returns self. Device modules take device arrays (docs/cuda.md). The
         training workspace is dropped (as by eval()); an optimiser built before the move holds
-        the old arrays."""
+        the old arrays.
+
+        to(np.float64) / to("float32") (a float dtype instead of a device) converts the
+        parameters and gradients of a host module to that dtype and returns self, the same way
+        (new arrays, the workspace dropped)."""
+        if not (isinstance(device, str) and device.split(":")[0] in ("cuda", "cpu")):
+            try:
+                dtype = np.dtype(device)
+            except TypeError:
+                dtype = None
+            if dtype is not None:
+                return self._to_dtype(dtype)
         index = _cuda.parse_device(device)
         with self._lock:
             self._drop_tape()
@@ -278,6 +290,31 @@ class _RNNBase(Module):
 
     def cpu(self) -> _RNNBase:
         return self.to("cpu")
+
+    def _to_dtype(self, dtype):
+        dtype = float_dtype(dtype)
+        if self._device is not None:
+            raise NotImplementedError(f"{type(self).__name__}.to({dtype.name}): convert on the "
+                                      "host (.to('cpu') first), then move")
+        check_precision(self.precision, dtype)
+        if dtype == self.dtype:
+            return self
+        with self._lock:
+            self._drop_tape()
+            for name in list(self.params):
+                self.params[name] = self.params[name].astype(dtype)
+                self.grads[name] = self.grads[name].astype(dtype)
+            self.dtype = dtype
+            self._init_core()
+        return self
+
+    def double(self):
+        """to(np.float64)."""
+        return self.to(np.float64)
+
+    def float(self):
+        """to(np.float32)."""
+        return self.to(np.float32)
 
     def __repr__(self):
         opts = [f"{self.input_size}", f"{self.hidden_size}"]
