@@ -41,6 +41,7 @@ import math
 import numbers
 import threading
 import warnings
+from typing import Any
 
 import numpy as np
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -777,9 +778,10 @@ class RNN(_RNNBase):
     or relu. Same arguments (nonlinearity is the 4th positional one, as in torch)."""
     _numpy_class = _numpy_modules.RNN
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 *, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
+                 dtype: Any = None, *, precision: str = "float32") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
                              "'relu'.")
@@ -795,9 +797,10 @@ class LSTM(_LSTMStates, _RNNBase):
     _numpy_class = _numpy_modules.LSTM
     mode = "LSTM"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 peephole=False, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device: Any = None, dtype: Any = None, *,
+                 peephole: bool = False, precision: str = "float32") -> None:
         if proj_size != 0:
             raise ValueError(f"rnncore.torch.LSTM has no projections: proj_size must be 0, got "
                              f"{proj_size!r} (torch.nn.LSTM has them)")
@@ -813,9 +816,9 @@ class PeepholeLSTM(LSTM):
     """LSTM with diagonal peepholes (Gers & Schmidhuber; ONNX's P input): the input and forget
     gates look at c_{t-1}, the output gate at the new c_t. LSTM(..., peephole=True)."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None, *, precision: str = "float32") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device=device, dtype=dtype, peephole=True,
                          precision=precision)
@@ -830,9 +833,10 @@ class GRU(_RNNBase):
     _numpy_class = _numpy_modules.GRU
     mode = "GRU"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, reset_after=True,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None, *, reset_after: bool = True,
+                 precision: str = "float32") -> None:
         self.reset_after = _check_bool("reset_after", reset_after)
         super().__init__({"reset_after": reset_after}, input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, device, dtype, precision)
@@ -1067,8 +1071,9 @@ class RNNCell(_CellBase):
     """torch.nn.RNNCell on rnncore: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
     Same arguments (nonlinearity after bias, as in torch)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
-                 dtype=None, *, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device: Any = None, dtype: Any = None, *,
+                 precision: str = "float32") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
@@ -1086,8 +1091,8 @@ class LSTMCell(_CellBase):
     _has_cell_state = True
     _peephole = False
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, precision: str = "float32") -> None:
         super().__init__(_registry.select(_numpy_modules.LSTM, peephole=self._peephole),
                          input_size, hidden_size, bias, device, dtype, precision)
 
@@ -1111,8 +1116,9 @@ class GRUCell(_CellBase):
     """torch.nn.GRUCell on rnncore (gates [r, z, n]); reset_after=False is the reset-before GRU
     (Cho et al. 2014), which torch.nn has no cell for."""
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 reset_after=True, precision="float32"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None, *, reset_after: bool = True,
+                 precision: str = "float32") -> None:
         self.reset_after = _check_bool("reset_after", reset_after)
         super().__init__(_registry.select(_numpy_modules.GRU, reset_after=reset_after),
                          input_size, hidden_size,

@@ -59,6 +59,9 @@ def with_torch() -> None:
     model = rt.LSTM(5, 16, batch_first=True)
     out, (h, c) = model(torch.zeros(2, 7, 5))
     out.sum().backward()
+    cell = rt.LSTMCell(5, 16)
+    h1, c1 = cell(torch.zeros(2, 5))
+    (h1.sum() + c1.sum()).backward()
 
 
 if __name__ == "__main__":
