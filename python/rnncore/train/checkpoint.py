@@ -89,16 +89,17 @@ def _safetensors():
     return safetensors.numpy
 
 
-def _bit_generator(path, state):
+def _bit_generator(path, state, where="rng"):
     name = state.get("bit_generator") if isinstance(state, dict) else None
     cls = getattr(np.random, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise CheckpointError(path, f"unknown numpy bit generator {name!r} in the saved rng state")
+        raise CheckpointError(path, f"unknown numpy bit generator {name!r} in the saved {where} "
+                                    "state")
     bg = cls()
     try:
         bg.state = state
     except (TypeError, ValueError, KeyError, OverflowError) as e:
-        raise CheckpointError(path, f"malformed {name} state in the saved rng state: "
+        raise CheckpointError(path, f"malformed {name} state in the saved {where} state: "
                                     f"{_message(e)}") from None
     return bg
 
@@ -536,7 +537,8 @@ def _generator_states(ck, model, rng):
     if names != sorted(ck.module_rngs):
         raise CheckpointError(path, f"the model's random generators {names} do not match the "
                                     f"file's {sorted(ck.module_rngs)}")
-    states = [(g, _bit_generator(path, ck.module_rngs[n]).state) for n, g in generators]
+    states = [(g, _bit_generator(path, ck.module_rngs[n], f"module_rngs[{n!r}]").state)
+              for n, g in generators]
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
