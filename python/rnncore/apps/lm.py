@@ -119,8 +119,7 @@ def _check_resume(args, resumed, error):
     extra = resumed.extra
     if not (isinstance(extra, dict) and _count(extra.get("position"))
             and isinstance(extra.get("kept_positions"), list)
-            and all(_count(p) and f"kept{i}.h" in resumed.arrays
-                    for i, p in enumerate(extra["kept_positions"]))
+            and all(_count(p) for p in extra["kept_positions"])
             and isinstance(extra.get("history"), dict)
             and all(isinstance(extra["history"].get(k), list) for k in ("train", "val"))):
         error(f"--resume: {args.resume}: not a checkpoint of rnncore train lm (its extra has "
