@@ -75,8 +75,8 @@ def add_arguments(ap):
                        help="validation characters (tokens) per evaluation (default 65536)")
     train.add_argument("--resume", help="a checkpoint of an earlier run to continue: the model, "
                        "data and update flags must be the run's (" + ", ".join(
-                           "--" + f.replace("_", "-") for f in RUN_FLAGS) + "); these may "
-                       "change: " + ", ".join("--" + f.replace("_", "-") for f in FREE_FLAGS))
+                           map(_flag, RUN_FLAGS)) + "); these may change: " + ", ".join(
+                           map(_flag, FREE_FLAGS)))
     train.add_argument("--stop-after", type=int, help="stop (and save) after this many updates "
                        "of the --steps schedule, to --resume later; Ctrl-C also saves")
     out = ap.add_argument_group("output")
@@ -94,6 +94,10 @@ RUN_FLAGS = ("cell", "embed", "hidden", "layers", "dropout", "level", "vocab_siz
              "max_chars", "val_fraction", "batch", "bptt", "k2", "lr", "clip", "warmup")
 FREE_FLAGS = ("steps", "stop_after", "eval_every", "eval_chars", "seed", "threads", "out",
               "no_progress", "sample_length", "temperature", "top_k")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
 
 
 def _run_flags(args):
@@ -127,14 +131,13 @@ def _check_resume(args, resumed, error):
     saved = config.get("flags")
     if not isinstance(saved, dict):
         saved = {k: config[k] for k in _OLD_FLAGS if k in config}
-    differ = [f"--{name.replace('_', '-')} {saved[name]} (given {value})"
+    differ = [f"{_flag(name)} {saved[name]} (given {value})"
               for name, value in _run_flags(args).items()
               if name in saved and saved[name] != value
               and not (name == "vocab_size" and config["level"] == "char")]
     if differ:
         error(f"--resume: {args.resume} was trained with other flags: {'; '.join(differ)}. "
-              f"Repeat the run's flags; only {', '.join('--' + f.replace('_', '-') for f in FREE_FLAGS)}"
-              f" may change")
+              f"Repeat the run's flags; only {', '.join(map(_flag, FREE_FLAGS))} may change")
 
 
 def _check_args(args, error):
