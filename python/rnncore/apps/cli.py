@@ -14,12 +14,17 @@
 
 Every command module has add_arguments(parser) and run(args, error) -> exit code, where
 error(message) is the parser's error (a clear message and exit code 2 for a bad flag).
+
+Every error, of a flag or of a run (an unusable file, a checkpoint that does not fit), is one
+line on stderr and exit status 2, with no traceback; `--debug` (anywhere in the command line)
+shows the traceback instead. Ctrl-C outside a training loop's own handling: one line, status 130.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
 # command -> {name: (module, help)}; a command with a single entry under None has no sub-choice.
 COMMANDS = {
@@ -57,13 +62,28 @@ def _entry(module_name, name, what):
     return module.add_arguments, module.run
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors of one line: "rnncore train lm: error: ..." (no usage block;
+    --help shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def one_line(message):
+    """A message on one line: its lines joined with "; "."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def build_parser(argv=()):
     """The parser; only the command named by argv[:2] gets its arguments (and its module
     imported), so `rnncore --help` and every command stay quick to start."""
     argv = list(argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnncore", description="Recurrent networks with a fast C++ core: train, sample, "
         "experiment, benchmark. With no command: `rnncore train lm` (the main job).")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere in the command line)")
     commands = parser.add_subparsers(dest="command", metavar="command")
     for command, entries in COMMANDS.items():
         if None in entries:
@@ -88,8 +108,29 @@ def build_parser(argv=()):
 def main(argv=None):
     """Runs the command in argv (sys.argv[1:] by default); returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["train", "lm"] + argv  # the main job
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    return args.run(args, args.parser.error)
+    try:
+        return args.run(args, args.parser.error)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{args.parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every error of a run: one line, exit status 2
+        if debug:
+            traceback.print_exc()
+        args.parser.error(_describe(e))
+
+
+def _describe(e):
+    """The one line of an error of a run: its message, with its type where the message alone
+    would not say what went wrong."""
+    text = one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    if isinstance(e, (ValueError, OSError)) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

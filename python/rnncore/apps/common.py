@@ -8,6 +8,9 @@ runs train_loop with its own update and evaluation functions.
 """
 from __future__ import annotations
 
+import argparse
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,10 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from rnncore._ext import __version__, get_num_threads, set_num_threads
+from rnncore._interop import deferred_interrupts
 from rnncore.nn.registry import CELLS
 from rnncore.train.optim import clip_grad_norm
 
 # ---- flags -----------------------------------------------------------------------------------
+
+def finite_float(text):
+    """argparse type: a finite float (inf and nan are refused when the flag is parsed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def threads_int(text):
+    """argparse type of --threads: 0 (all cores) or a positive int."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all cores) or positive, got {value}")
+    return value
+
 
 # flag (attribute name) -> (type, help with {default} filled in, or None); in this order on --help
 _COMMON = {
@@ -29,11 +55,11 @@ _COMMON = {
     "layers": (int, None),
     "batch": (int, None),
     "steps": (int, "updates (default {default})"),
-    "lr": (float, None),
-    "clip": (float, "max global gradient norm"),
+    "lr": (finite_float, None),
+    "clip": (finite_float, "max global gradient norm"),
     "eval_every": (int, None),
     "seed": (int, None),
-    "threads": (int, "0 = all cores"),
+    "threads": (threads_int, "0 = all cores"),
     "out": (None, "folder for the checkpoint (default ./{default})"),
     "no_progress": (bool, "no progress bar"),
 }
@@ -63,7 +89,7 @@ def add_common_arguments(ap, defaults, helps=None):
 
 def add_target_argument(ap, default, what):
     """--target: the held-out score (`what`) the run must reach, else exit code 1."""
-    ap.add_argument("--target", type=float, default=default,
+    ap.add_argument("--target", type=finite_float, default=default,
                     help=f"held-out {what} to reach (default {default}); exit code 1 below it")
 
 
@@ -81,12 +107,17 @@ def check_target(args, error):
 
 
 def output_folder(path, error):
-    """Creates the --out folder before any training (a bad path fails at once, exit code 2)."""
+    """Creates the --out folder before any training and checks that it is a writable folder
+    (a file, a path under a file or a read-only folder fails at once, exit code 2)."""
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        error(f"--out: {str(out)!r} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         error(f"--out: cannot create the folder {str(out)!r}: {e.strerror or e}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        error(f"--out: the folder {str(out)!r} is not writable")
     return out
 
 
@@ -138,7 +169,7 @@ class LoopEnd:
 
 
 def train_loop(update, stop, *, start=0, evaluate=None, eval_every=0, eval_last=True,
-               progress=None, postfix=None, interruptible=False):
+               progress=None, postfix=None, interruptible=False, finish=None):
     """Runs update(step) -> loss for step = start + 1 .. stop, the one loop of the apps.
 
     After each update: the progress bar moves on (postfix(step, loss) -> its text, default
@@ -146,28 +177,41 @@ def train_loop(update, stop, *, start=0, evaluate=None, eval_every=0, eval_last=
     after the last one when eval_last, evaluate(step, loss, seconds) -> a line written above the
     bar (None: nothing). With interruptible, Ctrl-C ends the loop after the last whole update
     (the caller saves a checkpoint to resume from); else it propagates. The loop closes
-    `progress` (a Progress, or None for none)."""
+    `progress` (a Progress, or None for none).
+
+    Ctrl-C never splits an update: SIGINT is held while update(step) runs (forward, backward,
+    the optimiser's and the schedule's steps, the caller's counters) and delivered after it, so
+    the state is the one before an update or after it. The progress bar and evaluate() may be
+    interrupted anywhere. finish(LoopEnd) (e.g. the final save) runs after the loop, however it
+    ended by Ctrl-C, with SIGINT held from the end of the last update to its return: a Ctrl-C
+    in that span lets it finish, then raises KeyboardInterrupt."""
     postfix = postfix or (lambda step, loss: f"loss {loss:.4f}")
     t0 = time.perf_counter()
     done, interrupted = start, False
-    try:
-        for step in range(start + 1, stop + 1):
-            loss = update(step)
-            done = step
+    with deferred_interrupts() as guard:
+        try:
+            for step in range(start + 1, stop + 1):
+                loss = update(step)
+                done = step
+                with guard.opened():
+                    if progress is not None:
+                        progress.update(postfix(step, loss))
+                    if evaluate is not None and _evaluates(step, stop, eval_every, eval_last):
+                        line = evaluate(step, loss, time.perf_counter() - t0)
+                        if line is not None:
+                            (progress.write if progress is not None else print)(line)
+            guard.deliver()  # a Ctrl-C during the last update still counts as one
+        except KeyboardInterrupt:
+            if not interruptible:
+                raise
+            interrupted = True
+        finally:
             if progress is not None:
-                progress.update(postfix(step, loss))
-            if evaluate is not None and _evaluates(step, stop, eval_every, eval_last):
-                line = evaluate(step, loss, time.perf_counter() - t0)
-                if line is not None:
-                    (progress.write if progress is not None else print)(line)
-    except KeyboardInterrupt:
-        if not interruptible:
-            raise
-        interrupted = True
-    finally:
-        if progress is not None:
-            progress.close()
-    return LoopEnd(done, time.perf_counter() - t0, interrupted)
+                progress.close()
+        end = LoopEnd(done, time.perf_counter() - t0, interrupted)
+        if finish is not None:
+            finish(end)
+    return end
 
 
 def _evaluates(step, stop, eval_every, eval_last):

@@ -38,7 +38,8 @@ def add_arguments(ap):
 
 def run(args, error):
     """error(message) reports a bad flag (argparse's parser.error: exit code 2)."""
-    check_positive(args, ("seq_len", "vocab", "hidden", "batch", "steps", "delay"), error)
+    check_positive(args, ("seq_len", "vocab", "hidden", "batch", "steps", "delay", "lr",
+                          "clip"), error)
     if args.delay >= args.seq_len:
         error(f"--delay must be smaller than --seq-len ({args.seq_len}), got {args.delay}")
     version, _ = set_threads(args)

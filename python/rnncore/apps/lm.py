@@ -20,11 +20,19 @@ import numpy as np
 
 from rnncore._ext import __version__
 from rnncore._interop import pyplot
-from rnncore.apps.common import Progress, add_common_arguments, set_threads, train_loop
+from rnncore.apps.common import (
+    Progress,
+    add_common_arguments,
+    finite_float,
+    output_folder,
+    set_threads,
+    train_loop,
+)
 from rnncore.models.lm import (
     DEFAULT_CELL,
     LanguageModel,
     Vocabulary,
+    check_config,
     default_corpus,
     generate,
     load_model,
@@ -44,7 +52,7 @@ def add_arguments(ap):
                       "own source files, embedded in every Python)")
     data.add_argument("--max-chars", type=int, default=2_000_000,
                       help="characters of the corpus to use (default 2,000,000)")
-    data.add_argument("--val-fraction", type=float, default=0.05,
+    data.add_argument("--val-fraction", type=finite_float, default=0.05,
                       help="the last part of the text held out for validation (default 0.05)")
     data.add_argument("--level", choices=["char", "word"], default="char",
                       help="predict the next character (default) or the next word")
@@ -53,7 +61,7 @@ def add_arguments(ap):
     model = ap.add_argument_group("model")
     add_common_arguments(model, dict(cell=DEFAULT_CELL, embed=64, hidden=256, layers=2),
                          helps={"cell": None})
-    model.add_argument("--dropout", type=float, default=0.0)
+    model.add_argument("--dropout", type=finite_float, default=0.0)
     train = ap.add_argument_group("training")
     add_common_arguments(
         train, dict(batch=32, steps=4000, lr=3e-3, clip=1.0, eval_every=500, seed=0, threads=0),
@@ -65,8 +73,10 @@ def add_arguments(ap):
                        "schedule (default 100)")
     train.add_argument("--eval-chars", type=int, default=65536,
                        help="validation characters (tokens) per evaluation (default 65536)")
-    train.add_argument("--resume", help="a checkpoint of an earlier run to continue (with the "
-                       "same flags: the schedule and the data follow --steps)")
+    train.add_argument("--resume", help="a checkpoint of an earlier run to continue: the model, "
+                       "data and update flags must be the run's (" + ", ".join(
+                           map(_flag, RUN_FLAGS)) + "); these may change: " + ", ".join(
+                           map(_flag, FREE_FLAGS)))
     train.add_argument("--stop-after", type=int, help="stop (and save) after this many updates "
                        "of the --steps schedule, to --resume later; Ctrl-C also saves")
     out = ap.add_argument_group("output")
@@ -74,8 +84,60 @@ def add_arguments(ap):
                          helps={"out": "folder for the checkpoint, the loss plot and the "
                                        "samples (default ./rnncore-lm)"})
     out.add_argument("--sample-length", type=int, default=300)
-    out.add_argument("--temperature", type=float, default=0.7)
+    out.add_argument("--temperature", type=finite_float, default=0.7)
     out.add_argument("--top-k", type=int, default=None)
+
+
+# --resume: the flags a run is defined by (saved in the checkpoint's config, compared on resume),
+# and those that may change between its parts (how far, how often to evaluate, where to write).
+RUN_FLAGS = ("cell", "embed", "hidden", "layers", "dropout", "level", "vocab_size", "corpus",
+             "max_chars", "val_fraction", "batch", "bptt", "k2", "lr", "clip", "warmup")
+FREE_FLAGS = ("steps", "stop_after", "eval_every", "eval_chars", "seed", "threads", "out",
+              "no_progress", "sample_length", "temperature", "top_k")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _run_flags(args):
+    """The RUN_FLAGS values of this command line, as the checkpoint's config records them."""
+    flags = {name: getattr(args, name) for name in RUN_FLAGS}
+    flags["k2"] = args.k2 or args.bptt
+    flags["corpus"] = os.path.abspath(args.corpus) if args.corpus else None
+    return flags
+
+
+# what a checkpoint written before config["flags"] existed says of its run's flags
+_OLD_FLAGS = ("cell", "embed", "hidden", "layers", "dropout", "level", "batch", "bptt", "k2")
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_resume(args, resumed, error):
+    """error(...) unless --resume's checkpoint is a language model's of a run with these
+    RUN_FLAGS (those its config records: older files lack some)."""
+    config = check_config(args.resume, resumed.config)
+    extra = resumed.extra
+    if not (isinstance(extra, dict) and _count(extra.get("position"))
+            and isinstance(extra.get("kept_positions"), list)
+            and all(_count(p) for p in extra["kept_positions"])
+            and isinstance(extra.get("history"), dict)
+            and all(isinstance(extra["history"].get(k), list) for k in ("train", "val"))):
+        error(f"--resume: {args.resume}: not a checkpoint of rnncore train lm (its extra has "
+              "no stream position, kept windows and history)")
+    saved = config.get("flags")
+    if not isinstance(saved, dict):
+        saved = {k: config[k] for k in _OLD_FLAGS if k in config}
+    differ = [f"{_flag(name)} {saved[name]} (given {value})"
+              for name, value in _run_flags(args).items()
+              if name in saved and saved[name] != value
+              and not (name == "vocab_size" and config["level"] == "char")]
+    if differ:
+        error(f"--resume: {args.resume} was trained with other flags: {'; '.join(differ)}. "
+              f"Repeat the run's flags; only {', '.join(map(_flag, FREE_FLAGS))} may change")
 
 
 def _check_args(args, error):
@@ -101,6 +163,16 @@ def _check_args(args, error):
         error(f"--corpus: no such file {args.corpus!r}")
     if args.resume and not os.path.isfile(args.resume):
         error(f"--resume: no such file {args.resume!r}")
+
+
+def _check_text(args, n_train, n_val, error):
+    """error(...) when the corpus is too short for --batch streams of at least 2 tokens."""
+    need = 2 * args.batch
+    if n_train < need or n_val < need:
+        where = f"--corpus {args.corpus!r}" if args.corpus else "the corpus"
+        error(f"{where} is too short: {n_train} training and {n_val} validation tokens, "
+              f"--batch {args.batch} needs at least {need} of each (--val-fraction "
+              f"{args.val_fraction})")
 
 
 def _metric(loss, level):
@@ -140,25 +212,34 @@ class _Run:
 
 def run(args, error):
     _check_args(args, error)
+    out = output_folder(args.out, error)
+    resumed = None
+    if args.resume:
+        try:
+            resumed = checkpoint.load(args.resume)
+            _check_resume(args, resumed, error)
+        except checkpoint.CheckpointError as e:
+            error(f"--resume: {e}")
     _, threads = set_threads(args)
-    text, source = _read_text(args)
+    text, source = _read_text(args, error)
     split = int(len(text) * (1 - args.val_fraction))
     train_text, val_text = text[:split], text[split:]
-    resumed = checkpoint.load(args.resume) if args.resume else None
     if resumed is not None:
         vocab = Vocabulary(resumed.config["vocab"], resumed.config["level"])
     else:
         vocab = Vocabulary.from_text(train_text, args.level,
                                      args.vocab_size if args.level == "word" else None)
     train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
+    _check_text(args, len(train_ids), len(val_ids), error)
     streams = batchify(train_ids, args.batch)
     val = batchify(val_ids, args.batch)[:args.eval_chars // args.batch + 1]
     k2 = args.k2 or args.bptt
-    model, opt, sched, state = _build(args, vocab, resumed)
+    try:
+        model, opt, sched, state = _build(args, vocab, resumed)
+    except checkpoint.CheckpointError as e:
+        error(f"--resume: {e}")
     config = dict(model.config, vocab=vocab.itos, level=vocab.level, bptt=args.bptt, k2=k2,
-                  batch=args.batch, source=source)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+                  batch=args.batch, source=source, flags=_run_flags(args))
     _print_setup(args, vocab, source, len(train_ids), len(val_ids), model, k2, threads)
 
     def validate():
@@ -170,28 +251,32 @@ def run(args, error):
         state.history["val"].append((0, loss0))
         name, value = _metric(loss0, vocab.level)
         print(f"  before training: validation {name} {value:.3f}")
-    end = _train(args, model, opt, sched, streams, validate, state, k2, vocab.level)
-    if end.interrupted:
-        print(f"\ninterrupted after {state.step} updates: saving a checkpoint to resume from")
-    ckpt_path = _save(out / "lm.safetensors", model, opt, sched, state, config)
+    ckpt_path = out / "lm.safetensors"
+
+    def finish(end):  # Ctrl-C waits until the checkpoint is written (train_loop)
+        if end.interrupted:
+            print(f"\ninterrupted after {state.step} updates: saving a checkpoint to resume from")
+        _save(ckpt_path, model, opt, sched, state, config)
+
+    end = _train(args, model, opt, sched, streams, validate, state, k2, vocab.level, finish)
     return _report(args, model, vocab, out, state, end.seconds, ckpt_path)
 
 
-def _read_text(args):
+def _read_text(args, error):
     """(the corpus text, a line saying where it came from)."""
     if args.corpus:
-        text = Path(args.corpus).read_text(encoding="utf-8", errors="replace")[:args.max_chars]
+        try:
+            text = Path(args.corpus).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            error(f"--corpus: cannot read {args.corpus!r}: {e.strerror or e}")
+        text = text[:args.max_chars]
         return text, f"{args.corpus} ({len(text):,} characters)"
     return default_corpus(args.max_chars)
 
 
 def _build(args, vocab, resumed):
-    """The model, optimiser, schedule and training state: new, or --resume's checkpoint (whose
-    model sizes win over the flags)."""
-    if resumed is not None:
-        c = resumed.config
-        args.embed, args.hidden, args.layers, args.cell, args.dropout = (
-            c["embed"], c["hidden"], c["layers"], c["cell"], c["dropout"])
+    """The model, optimiser, schedule and training state: new, or --resume's checkpoint (its
+    flags checked by _check_resume)."""
     model = LanguageModel(len(vocab), args.embed, args.hidden, args.layers, args.cell,
                           args.dropout, seed=args.seed)
     opt = Adam(model, lr=args.lr)
@@ -228,9 +313,9 @@ def _tbptt_updates(model, streams, args, k2, state):
         state.position, state.kept = 0, None
 
 
-def _train(args, model, opt, sched, streams, validate, state, k2, level):
+def _train(args, model, opt, sched, streams, validate, state, k2, level, finish):
     """Updates until --stop-after (or --steps), keeping `state` current after every update, so
-    that Ctrl-C can save exactly where it was."""
+    that Ctrl-C can save exactly where it was; then finish(end) (the save)."""
     updates = _tbptt_updates(model, streams, args, k2, state)
     history = state.history
 
@@ -259,7 +344,8 @@ def _train(args, model, opt, sched, streams, validate, state, k2, level):
     stop = min(args.steps, args.stop_after or args.steps)
     return train_loop(update, stop, start=state.step, evaluate=report,
                       eval_every=args.eval_every, postfix=postfix, interruptible=True,
-                      progress=Progress(args.steps, args.no_progress, initial=state.step))
+                      progress=Progress(args.steps, args.no_progress, initial=state.step),
+                      finish=finish)
 
 
 def _save(path, model, opt, sched, state, config):
@@ -304,7 +390,7 @@ def add_sample_arguments(ap):
     ap.add_argument("checkpoint", help="a checkpoint written by rnncore train lm")
     ap.add_argument("--prompt", default="", help="text to continue (default: a new line)")
     ap.add_argument("--length", type=int, default=500, help="tokens to generate (default 500)")
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--temperature", type=finite_float, default=0.7)
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
 

@@ -13,7 +13,6 @@ character error rate (edit distance / characters) of greedy decoding on held-out
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +20,8 @@ from rnncore.apps.common import (
     Progress,
     add_common_arguments,
     backward_and_step,
+    finite_float,
+    output_folder,
     set_threads,
     train_loop,
 )
@@ -130,7 +131,7 @@ def add_arguments(ap):
                     f"{ALPHABET}; default all of them)")
     ap.add_argument("--min-chars", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=10)
-    ap.add_argument("--noise", type=float, default=0.2, help="pixel noise standard deviation")
+    ap.add_argument("--noise", type=finite_float, default=0.2, help="pixel noise standard deviation")
     ap.add_argument("--pyramid", action="store_true", help="pyramid encoder: the layers above "
                     "the first read pairs of frames (half the steps per layer)")
     add_common_arguments(ap, dict(hidden=96, layers=2, batch=32, steps=3000, lr=5e-3, clip=5.0,
@@ -152,10 +153,13 @@ def _check_args(args, error):
         error(f"--alphabet must be distinct characters of {ALPHABET}, got {args.alphabet!r}")
     if args.noise < 0:
         error(f"--noise must be >= 0, got {args.noise}")
+    if not args.lr > 0 or not args.clip > 0:
+        error(f"--lr and --clip must be positive, got {args.lr} and {args.clip}")
 
 
 def run(args, error):
     _check_args(args, error)
+    out = output_folder(args.out, error)  # before training: a bad --out loses no work
     version, threads = set_threads(args)
     rng = np.random.default_rng(args.seed)
     held_rng = np.random.default_rng([args.seed, 1])  # disjoint stream: held-out strings
@@ -198,8 +202,6 @@ def run(args, error):
     end = train_loop(update, args.steps, progress=progress, postfix=postfix, evaluate=report,
                      eval_every=max(1, args.steps // 10) if lines else 0, eval_last=lines)
     cer, decoded = evaluate(model, held_out)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = checkpoint.save(out / "recognize.safetensors", model, opt, sched, step=args.steps,
                            config=dict(model.config, min_chars=args.min_chars,
                                        max_chars=args.max_chars, noise=args.noise,

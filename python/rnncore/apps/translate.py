@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import string
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from rnncore.apps.common import (
     Progress,
     add_common_arguments,
     check_positive,
+    output_folder,
     set_threads,
     train_loop,
 )
@@ -219,6 +219,7 @@ def run(args, error):
         error(f"--eval-every must be >= 0, got {args.eval_every}")
     if not args.lr > 0 or not args.clip > 0:
         error(f"--lr and --clip must be positive, got {args.lr} and {args.clip}")
+    out = output_folder(args.out, error)  # before training: a bad --out loses no work
     version, threads = set_threads(args)
     rng = np.random.default_rng(args.seed)
     held_out = make_pairs(np.random.default_rng(args.seed + 10_000), args.eval_size,
@@ -237,8 +238,6 @@ def run(args, error):
     model.eval()
     greedy = exact_match(model, held_out)
     beam = exact_match(model, held_out, beam=args.beam)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "translate.safetensors"
     checkpoint.save(ckpt, model, opt, sched, step=args.steps,
                     config=dict(model.config, src_chars=SRC_CHARS, tgt_chars=TGT_CHARS),

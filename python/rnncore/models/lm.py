@@ -16,7 +16,7 @@ import numpy as np
 from rnncore.nn.layers import Dropout, Embedding, Linear
 from rnncore.nn.model import Model
 from rnncore.nn.module import no_grad
-from rnncore.nn.registry import make_module
+from rnncore.nn.registry import CELLS, make_module
 from rnncore.train import checkpoint
 
 DEFAULT_CELL = "lstm"  # the language model's default cell (the lecture's)
@@ -154,13 +154,52 @@ def generate(model, vocab, prompt="", length=400, temperature=0.8, top_k=None, r
     return vocab.decode(out)
 
 
+def _positive(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_CONFIG_FIELDS = {  # config field of a language-model checkpoint -> (check, what it must be)
+    "vocab": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+              "a list of strings"),
+    "level": (lambda v: v in ("char", "word"), "'char' or 'word'"),
+    "vocab_size": (_positive, "a positive integer"),
+    "embed": (_positive, "a positive integer"),
+    "hidden": (_positive, "a positive integer"),
+    "layers": (_positive, "a positive integer"),
+    "cell": (lambda v: isinstance(v, str) and v in CELLS, "a cell of the registry"),
+    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                and 0 <= v < 1, "a number in [0, 1)"),
+    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+}
+_OPTIONAL = {"dtype"}  # absent in older files: float32
+
+
+def check_config(path, config):
+    """CheckpointError unless `config` (a checkpoint's) is a language model's: every field of
+    _CONFIG_FIELDS present and of its type, the vocabulary as long as vocab_size says."""
+    if not isinstance(config, dict) or "vocab" not in config:
+        raise checkpoint.CheckpointError(path, "not a language-model checkpoint (its config has "
+                                               "no vocabulary)")
+    for name, (ok, what) in _CONFIG_FIELDS.items():
+        if name not in config:
+            if name in _OPTIONAL:
+                continue
+            raise checkpoint.CheckpointError(path, f"not a language-model checkpoint (its config "
+                                                   f"has no {name!r})")
+        if not ok(config[name]):
+            raise checkpoint.CheckpointError(path, f"config field {name!r} must be {what}, got "
+                                                   f"{config[name]!r}"[:300])
+    if 1 + sum(t != UNKNOWN for t in config["vocab"]) != config["vocab_size"]:
+        raise checkpoint.CheckpointError(path, f"config field 'vocab_size' is "
+                                               f"{config['vocab_size']}, its vocabulary has "
+                                               f"{len(config['vocab'])} tokens")
+    return config
+
+
 def load_model(path):
     """(model, vocabulary) from a checkpoint of rnncore train lm."""
     ck = checkpoint.load(path)
-    cfg = ck.config or {}
-    if "vocab" not in cfg or "vocab_size" not in cfg:
-        raise checkpoint.CheckpointError(path, "not a language-model checkpoint (its config has "
-                                               "no vocabulary)")
+    cfg = check_config(path, ck.config)
     model = LanguageModel(cfg["vocab_size"], cfg["embed"], cfg["hidden"], cfg["layers"],
                           cfg["cell"], cfg["dropout"], dtype=cfg.get("dtype", "float32"))
     checkpoint.restore(path, model)

@@ -31,14 +31,18 @@ import json
 import math
 import numbers
 import os
+import re
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rnncore.nn.model import named_generators
+from rnncore._interop import deferred_interrupts
+from rnncore.nn import registry
+from rnncore.nn.model import Model, named_generators
 from rnncore.nn.module import key_differences, native
 
 FORMAT = "rnncore-checkpoint"
@@ -67,6 +71,7 @@ class Checkpoint:
     config: Any = None
     extra: Any = None
     arrays: dict = field(default_factory=dict)  # name -> array of save(arrays=...)
+    modules: dict | None = None  # module_variants() of the saved model (None: an older file)
 
     def rng(self):
         """A new numpy Generator in the saved state (None if save() had no rng)."""
@@ -84,13 +89,18 @@ def _safetensors():
     return safetensors.numpy
 
 
-def _bit_generator(path, state):
+def _bit_generator(path, state, where="rng"):
     name = state.get("bit_generator") if isinstance(state, dict) else None
     cls = getattr(np.random, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise CheckpointError(path, f"unknown numpy bit generator {name!r} in the saved rng state")
+        raise CheckpointError(path, f"unknown numpy bit generator {name!r} in the saved {where} "
+                                    "state")
     bg = cls()
-    bg.state = state
+    try:
+        bg.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise CheckpointError(path, f"malformed {name} state in the saved {where} state: "
+                                    f"{_message(e)}") from None
     return bg
 
 
@@ -140,9 +150,59 @@ def _digest(meta_json, tensors):
 
 
 # ---- writing ------------------------------------------------------------------------------------
+# A temporary file is ".<name>.<pid>.<12 hex digits>.tmp" beside its target; before rnncore 0.x
+# older versions wrote ".<name>.<12 hex digits>.tmp" (no pid).
+_TMP = re.compile(r"\..+\.(?P<pid>[0-9]+)\.[0-9a-f]{12}\.tmp")
+_OLD_TMP = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+_OLD_TMP_AGE = 600.0  # seconds: an unnamed writer's file this old was left by a killed save
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory):
+    """Removes the temporary files of saves that were killed (kill -9, power loss) from
+    `directory`: only names of rnncore's own pattern, and only where the writing process has
+    ended (or, for the older pattern without a pid, after _OLD_TMP_AGE seconds). Returns the
+    removed paths."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = _TMP.fullmatch(name)
+        path = os.path.join(directory, name)
+        if m is not None:
+            pid = int(m["pid"])
+            if pid == os.getpid() or _alive(pid):
+                continue
+        elif _OLD_TMP.fullmatch(name) is not None:
+            with contextlib.suppress(OSError):
+                if now - os.stat(path).st_mtime < _OLD_TMP_AGE:
+                    continue
+        else:
+            continue
+        with contextlib.suppress(OSError):
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
 def _atomic_write(path, blob):
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    remove_stale_temporaries(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}."
+                                  f"{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as f:
@@ -162,12 +222,36 @@ def _atomic_write(path, blob):
             os.close(dir_fd)
 
 
+def module_variants(model, prefix=""):
+    """{dotted name: {"class", "cell", "precision"}} of every recurrent module (sequence or
+    single step) in model: the registry cell it runs (e.g. "gru_reset_before" for
+    GRU(reset_after=False)) and its GEMM precision. The root module is named ""."""
+    out = {}
+    cell = getattr(model, "cell", None)
+    if isinstance(cell, str):
+        out[prefix.rstrip(".")] = {"class": type(model).__name__, "cell": cell,
+                                   "precision": str(getattr(model, "precision", "float32"))}
+    if isinstance(model, Model):
+        for name, child in model._modules.items():
+            out.update(module_variants(child, f"{prefix}{name}."))
+    return out
+
+
 def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=None, extra=None,
          arrays=None):
     """Writes model parameters, optimiser and schedule state, the step, a numpy Generator's
     state, the modules' own generators, JSON-serialisable `config` / `extra`, and `arrays` (a
     dict name -> numpy array, e.g. the hidden state a TBPTT run carries) to one file, atomically.
-    Returns the path."""
+    Returns the path.
+
+    A Ctrl-C (SIGINT) during the save is held until the file is written: the save finishes,
+    then KeyboardInterrupt is raised. Temporary files that killed saves left in the folder are
+    removed (remove_stale_temporaries)."""
+    with deferred_interrupts():
+        return _save(path, model, optimizer, scheduler, step, rng, config, extra, arrays)
+
+
+def _save(path, model, optimizer, scheduler, step, rng, config, extra, arrays):
     path = os.fspath(path)
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
@@ -189,7 +273,8 @@ def save(path, model, optimizer=None, scheduler=None, step=0, rng=None, config=N
             "extra": _to_json(extra, "extra"), "optimizer": None, "scheduler": None,
             "rng": None if rng is None else _to_json(rng.bit_generator.state, "rng"),
             "module_rngs": {name: _to_json(g.bit_generator.state, name)
-                            for name, g in named_generators(model)}}
+                            for name, g in named_generators(model)},
+            "modules": module_variants(model)}
     if optimizer is not None:
         sd = optimizer.state_dict()
         for name, buffers in sd["state"].items():
@@ -218,6 +303,8 @@ def _read_metadata(path, data):
                                     f"{n} bytes, only {len(data) - 8} follow")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(path, "corrupted header (JSON nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(path, f"not a checkpoint or a corrupted header (no JSON: {e})") \
             from None
@@ -228,6 +315,10 @@ def _read_metadata(path, data):
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, f"checkpoint format version {metadata.get('format_version')!r}"
                                     f" is not the supported {FORMAT_VERSION!r}")
+    for key in ("meta", "sha256"):
+        if not isinstance(metadata.get(key), str):
+            raise CheckpointError(path, f"malformed header: metadata field {key!r} must be a "
+                                        f"string, got {type(metadata.get(key)).__name__}")
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
                   default=0)
@@ -255,7 +346,7 @@ def load(path):
     if metadata.get("sha256") != _digest(meta_json, tensors):
         raise CheckpointError(path, "corrupted: the checksum of its tensors and metadata does not "
                                     "match the one written with them")
-    meta = _from_json(json.loads(meta_json))
+    meta = _parse_meta(path, meta_json)
     model = OrderedDict()
     opt_meta = meta.get("optimizer")
     opt_state = None if opt_meta is None else OrderedDict((n, OrderedDict())
@@ -280,7 +371,61 @@ def load(path):
     return Checkpoint(path=path, model=model, optimizer=optimizer,
                       scheduler=meta.get("scheduler"), step=meta["step"],
                       rng_state=meta.get("rng"), module_rngs=meta.get("module_rngs", {}),
-                      config=meta.get("config"), extra=meta.get("extra"), arrays=arrays)
+                      config=meta.get("config"), extra=meta.get("extra"), arrays=arrays,
+                      modules=meta.get("modules"))
+
+
+def _malformed(path, where, what, value):
+    return CheckpointError(path, f"malformed header: {where} must be {what}, got {value!r}"[:300])
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_meta(path, meta_json):
+    """The "meta" JSON of a checked file, every field's type checked: CheckpointError naming
+    the field (never TypeError, KeyError or RecursionError) for anything else."""
+    try:
+        meta = _from_json(json.loads(meta_json))
+    except RecursionError:
+        raise CheckpointError(path, "malformed header: meta is nested too deeply") from None
+    except ValueError as e:
+        raise CheckpointError(path, f"malformed header: meta is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _malformed(path, "meta", "an object", type(meta).__name__)
+    for key in ("step", "module_rngs"):
+        if key not in meta:
+            raise CheckpointError(path, f"malformed header: meta has no field {key!r}")
+    if not _is_count(meta["step"]):
+        raise _malformed(path, "meta.step", "a non-negative integer", meta["step"])
+    for key in ("rng", "scheduler"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise _malformed(path, f"meta.{key}", "an object or null", meta[key])
+    rngs = meta["module_rngs"]
+    if not isinstance(rngs, dict) or not all(isinstance(v, dict) for v in rngs.values()):
+        raise _malformed(path, "meta.module_rngs", "an object of objects", rngs)
+    modules = meta.get("modules")
+    if modules is not None and not (isinstance(modules, dict) and all(
+            isinstance(v, dict) and all(isinstance(v.get(k), str)
+                                        for k in ("class", "cell", "precision"))
+            for v in modules.values())):
+        raise _malformed(path, "meta.modules", 'an object of {"class", "cell", "precision"} '
+                         "strings", modules)
+    opt = meta.get("optimizer")
+    if opt is not None:
+        if not isinstance(opt, dict):
+            raise _malformed(path, "meta.optimizer", "an object or null", opt)
+        checks = {"type": (isinstance(opt.get("type"), str), "a string"),
+                  "hyperparameters": (isinstance(opt.get("hyperparameters"), dict), "an object"),
+                  "step": (_is_count(opt.get("step")), "a non-negative integer"),
+                  "params": (isinstance(opt.get("params"), list) and
+                             all(isinstance(p, str) for p in opt.get("params")),
+                             "a list of strings")}
+        for key, (ok, what) in checks.items():
+            if not ok:
+                raise _malformed(path, f"meta.optimizer.{key}", what, opt.get(key))
+    return meta
 
 
 def _message(e):
@@ -293,6 +438,7 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
     optimiser's type, parameters and buffers, the schedule's type, the generators. Any mismatch
     raises CheckpointError and changes nothing. Returns the Checkpoint (step, config, extra)."""
     ck = load(path)
+    _check_variants(ck, model)
     _check_model(ck, model)
     if optimizer is not None:
         _check_optimizer(ck, optimizer)
@@ -308,6 +454,36 @@ def restore(path, model, optimizer=None, scheduler=None, rng=None):
     for g, state in states:
         g.bit_generator.state = state
     return ck
+
+
+def _describe(variant):
+    """"GRU(reset_after=False) (cell 'gru_reset_before')": the public constructor options that
+    select the registry cell, where the registry knows them."""
+    options = ""
+    for table in (registry.module_variant, registry.cell_variant):
+        try:
+            cls, opts = table(variant["cell"])
+        except (KeyError, ValueError):
+            continue
+        if cls.__name__ == variant["class"]:
+            options = ", ".join(f"{k}={v!r}" for k, v in opts.items())
+            break
+    return f"{variant['class']}({options}) (cell {variant['cell']!r})"
+
+
+def _check_variants(ck, model):
+    """CheckpointError when a recurrent module of the file runs another registry cell (GRU
+    reset_after, RNN nonlinearity) than the model's, naming both. Files written before the
+    variants were recorded (no "modules") are not checked."""
+    if ck.modules is None:
+        return
+    ours = module_variants(model)
+    for name in sorted(set(ours) & set(ck.modules)):
+        theirs, mine = ck.modules[name], ours[name]
+        if theirs["cell"] != mine["cell"]:
+            where = f"module {name!r}" if name else "the model"
+            raise CheckpointError(ck.path, f"{where} is {_describe(mine)}, the file's is "
+                                           f"{_describe(theirs)}: another cell variant")
 
 
 def _check_model(ck, model):
@@ -363,7 +539,8 @@ def _generator_states(ck, model, rng):
     if names != sorted(ck.module_rngs):
         raise CheckpointError(path, f"the model's random generators {names} do not match the "
                                     f"file's {sorted(ck.module_rngs)}")
-    states = [(g, _bit_generator(path, ck.module_rngs[n]).state) for n, g in generators]
+    states = [(g, _bit_generator(path, ck.module_rngs[n], f"module_rngs[{n!r}]").state)
+              for n, g in generators]
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
