@@ -284,7 +284,15 @@ class _CellBase(Module):
         self._warned = False
 
 
-class RNNCell(_CellBase):
+class _HiddenStateCell(_CellBase):
+    """A cell whose state is one array h (RNNCell, GRUCell), as mypy sees it."""
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def __call__(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
+        def backward(self, dstate: ArrayLike) -> tuple[Array, Array]: ...
+
+
+class RNNCell(_HiddenStateCell):
     """One step of h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
     variants = {"rnn_tanh": {"nonlinearity": "tanh"}, "rnn_relu": {"nonlinearity": "relu"}}
 
@@ -300,10 +308,6 @@ class RNNCell(_CellBase):
     def _identity_init(self):
         return self.nonlinearity == "relu"
 
-    if TYPE_CHECKING:  # what mypy sees: the state is one array h
-        def forward(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
-        def __call__(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
-        def backward(self, dstate: ArrayLike) -> tuple[Array, Array]: ...
 
 
 class LSTMCell(_CellBase):
@@ -336,7 +340,7 @@ class PeepholeLSTMCell(LSTMCell):
                          precision=precision)
 
 
-class GRUCell(_CellBase):
+class GRUCell(_HiddenStateCell):
     """One GRU step; reset_after selects the candidate form (see rnncore.GRU)."""
     variants = {"gru": {"reset_after": True}, "gru_reset_before": {"reset_after": False}}
 
@@ -347,7 +351,3 @@ class GRUCell(_CellBase):
         super().__init__(_registry.select(GRUCell, reset_after=self.reset_after), input_size,
                          hidden_size, bias, dtype, seed, precision)
 
-    if TYPE_CHECKING:  # what mypy sees: the state is one array h
-        def forward(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
-        def __call__(self, x: ArrayLike, state: ArrayLike | None = None) -> Array: ...
-        def backward(self, dstate: ArrayLike) -> tuple[Array, Array]: ...

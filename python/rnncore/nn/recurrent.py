@@ -356,7 +356,18 @@ class _LSTMStateMixin:
                 self._check_state(xp, "dc_n", grad[1], batch, unbatched))
 
 
-class RNN(_RNNBase):
+class _HiddenState(_RNNBase):
+    """A module whose state is one array h (RNN, GRU), as mypy sees it."""
+    if TYPE_CHECKING:  # what mypy sees: the state is one array h
+        def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
+                    lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
+                     lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
+        def backward(self, dy: ArrayLike, dh_n: ArrayLike | None = None
+                     ) -> tuple[Array, Array]: ...
+
+
+class RNN(_HiddenState):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act = tanh or relu.
 
     With nonlinearity="relu", W_hh starts as the identity and the biases at zero (Le, Jaitly &
@@ -383,14 +394,6 @@ class RNN(_RNNBase):
         if self.nonlinearity == "relu":
             return np.zeros(self.hidden_size, dtype=self.dtype)
         return super()._init_bias(uniform)
-
-    if TYPE_CHECKING:  # what mypy sees: the state is one array h
-        def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
-                    lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
-        def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
-                     lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
-        def backward(self, dy: ArrayLike, dh_n: ArrayLike | None = None
-                     ) -> tuple[Array, Array]: ...
 
     def _extra_repr(self):
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
@@ -433,7 +436,7 @@ class PeepholeLSTM(LSTM):
                          bidirectional, peephole=True, dtype=dtype, seed=seed, precision=precision)
 
 
-class GRU(_RNNBase):
+class GRU(_HiddenState):
     """GRU with PyTorch's gate order [r, z, n] and h_t = (1 - z) n + z h_{t-1}.
 
     reset_after=True (default; PyTorch, cuDNN): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
@@ -448,14 +451,6 @@ class GRU(_RNNBase):
         super().__init__(_registry.select(GRU, reset_after=self.reset_after), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
                          precision)
-
-    if TYPE_CHECKING:  # what mypy sees: the state is one array h
-        def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
-                    lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
-        def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
-                     lengths: ArrayLike | None = None) -> tuple[Array, Array]: ...
-        def backward(self, dy: ArrayLike, dh_n: ArrayLike | None = None
-                     ) -> tuple[Array, Array]: ...
 
     def _extra_repr(self):
         return [] if self.reset_after else ["reset_after=False"]
