@@ -19,8 +19,11 @@ SCRIPT = Path(__file__).parent / "typing" / "user_script.py"
                     reason="mypy not installed (it is in the test extra: pip install '.[test]')")
 def test_a_user_script_passes_mypy_strict(tmp_path):
     env = dict(os.environ)
-    # the installed package (or, in a source checkout, whatever `import rnncore` found)
-    env["MYPYPATH"] = str(Path(rnncore.__file__).parent.parent)
+    # An installed rnncore (site-packages) is found by mypy itself, and mypy refuses
+    # site-packages on MYPYPATH; a source checkout run with PYTHONPATH is pointed at.
+    home = Path(rnncore.__file__).resolve().parent.parent
+    if home.name not in ("site-packages", "dist-packages"):
+        env["MYPYPATH"] = str(home)
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
                           "--cache-dir", str(tmp_path), str(SCRIPT)],
                          capture_output=True, text=True, env=env, timeout=600)
